@@ -1,0 +1,247 @@
+//! The pipe protocol between the agent and its watchdog process: one JSON object per line.
+//!
+//! The agent writes a [`Plan`] and then [`Command`]s to the watchdog's stdin; the watchdog
+//! answers with [`Event`]s on its stdout. The watchdog treats end-of-file on stdin as the
+//! agent's death.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::mountinfo::DevNum;
+
+/// What makes "the same filesystem" at a path: the directory's st_dev and the statvfs fsid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FsIdentity {
+    pub st_dev: u64,
+    pub fsid: u64,
+}
+
+/// One mount the watchdog is to freeze.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanMount {
+    #[serde(with = "escaped_path")]
+    pub path: PathBuf,
+    pub fstype: String,
+    /// The superblock's device number from mountinfo (the record's name in `state_dir`).
+    pub dev: DevNum,
+    pub identity: FsIdentity,
+    /// Indices of the plan's mounts that lie beneath this one: frozen after it, thawed before.
+    pub beneath: Vec<usize>,
+}
+
+/// Everything the watchdog needs, sent once as the first line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    /// Freeze order; thaw is its exact reverse.
+    pub mounts: Vec<PlanMount>,
+    /// Thaw by itself this long after the first FIFREEZE call started.
+    pub timeout_ms: u64,
+    /// syncfs every mount (in parallel) before the first FIFREEZE.
+    pub preflush: bool,
+    /// The most the pre-flush may delay the first FIFREEZE.
+    pub flush_budget_ms: u64,
+    /// Where a record of each mount is written before its FIFREEZE (a tmpfs).
+    #[serde(with = "escaped_path")]
+    pub state_dir: PathBuf,
+}
+
+/// Why mounts were (or are being) thawed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ThawReason {
+    /// The host said the storage snapshot is done.
+    Host,
+    /// The hard deadline passed.
+    Deadline,
+    /// The snapshot was aborted.
+    Abort,
+    /// The agent is stopping.
+    Shutdown,
+    /// An error inside the agent.
+    Error,
+    /// The agent died (end of file on the watchdog's stdin).
+    AgentGone,
+}
+
+impl ThawReason {
+    /// The contract's spelling (`agent_gone` never reaches a report: nobody is left to write it).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ThawReason::Host => "host",
+            ThawReason::Deadline => "deadline",
+            ThawReason::Abort => "abort",
+            ThawReason::Shutdown => "shutdown",
+            ThawReason::Error => "error",
+            ThawReason::AgentGone => "agent_gone",
+        }
+    }
+}
+
+/// Agent → watchdog, after the plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Command {
+    /// Flush, then freeze every mount in order.
+    Freeze,
+    /// Thaw everything frozen (at once, in reverse order) and end.
+    Thaw { reason: ThawReason },
+}
+
+/// How a FIFREEZE failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailKind {
+    /// EBUSY: frozen by someone else; we must never thaw it.
+    AlreadyFrozen,
+    /// EOPNOTSUPP: the filesystem cannot be frozen (a skip, not an error).
+    Unsupported,
+    /// Anything else.
+    Error,
+}
+
+/// Watchdog → agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// Every mount is open and identified, memory locked: ready for `freeze`.
+    Ready { warnings: Vec<String> },
+    /// The plan could not be set up; nothing was frozen, and the watchdog exits.
+    SetupFailed { error: String },
+    /// syncfs of one mount returned.
+    Flushed {
+        mount: usize,
+        duration_us: u64,
+        error: Option<String>,
+    },
+    /// The pre-flush budget ran out with these mounts still flushing; freezing goes on.
+    FlushBudgetExceeded { mounts: Vec<usize> },
+    /// FIFREEZE was issued on a mount (the first one starts the deadline).
+    FreezeStarted { mount: usize, unix_ms: u64 },
+    /// FIFREEZE returned success.
+    Frozen { mount: usize, duration_us: u64 },
+    /// FIFREEZE failed; the mount is not frozen by us.
+    FreezeFailed {
+        mount: usize,
+        kind: FailKind,
+        errno: i32,
+        error: String,
+    },
+    /// Every mount has an outcome (frozen or failed): the storage snapshot may be taken now.
+    AllSettled { unix_ms: u64 },
+    /// The deadline passed: thawing follows at once.
+    DeadlineReached { unix_ms: u64 },
+    /// A mount was thawed (`frozen_us` counts from its FIFREEZE's return).
+    Thawed { mount: usize, frozen_us: u64 },
+    /// FITHAW failed or did not return in time.
+    ThawFailed {
+        mount: usize,
+        errno: i32,
+        error: String,
+    },
+    /// Every mount that we froze is thawed. `pending` lists mounts whose FIFREEZE has not
+    /// returned yet: the watchdog stays alive and thaws each one the moment its call returns.
+    ThawComplete {
+        reason: ThawReason,
+        unix_ms: u64,
+        /// From the first FIFREEZE call to the last thaw, when anything was frozen.
+        frozen_us: Option<u64>,
+        pending: Vec<usize>,
+    },
+    /// Nothing of ours is frozen and no call is outstanding: the watchdog exits.
+    Finished,
+}
+
+/// Paths as text with the kernel's mountinfo escapes (`\ooo` for bytes that are not printable
+/// ASCII, spaces and backslashes), so that non-UTF-8 mount points cross JSON intact.
+pub mod escaped_path {
+    use super::*;
+    use serde::{Deserializer, Serializer};
+
+    pub fn escape(path: &Path) -> String {
+        let mut out = String::new();
+        for &b in path.as_os_str().as_bytes() {
+            if b.is_ascii_graphic() && b != b'\\' {
+                out.push(b as char);
+            } else {
+                out.push_str(&format!("\\{b:03o}"));
+            }
+        }
+        out
+    }
+
+    pub fn unescape(text: &str) -> Result<PathBuf, String> {
+        let bytes = text.as_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            if bytes[i] == b'\\' {
+                let oct = bytes
+                    .get(i + 1..i + 4)
+                    .and_then(|d| std::str::from_utf8(d).ok())
+                    .and_then(|d| u8::from_str_radix(d, 8).ok())
+                    .ok_or_else(|| format!("bad escape in path {text:?}"))?;
+                out.push(oct);
+                i += 4;
+            } else {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+        Ok(PathBuf::from(std::ffi::OsString::from_vec(out)))
+    }
+
+    pub fn serialize<S: Serializer>(path: &Path, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&escape(path))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
+        let text = String::deserialize(d)?;
+        unescape(&text).map_err(serde::de::Error::custom)
+    }
+
+    /// For display of paths that may not be UTF-8.
+    pub fn display(path: &OsStr) -> String {
+        escape(Path::new(path))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_survive_escaping() {
+        let weird = PathBuf::from(std::ffi::OsString::from_vec(
+            b"/mnt/a b\\c\n\xff\xfe/d".to_vec(),
+        ));
+        let text = escaped_path::escape(&weird);
+        assert!(text.is_ascii());
+        assert_eq!(escaped_path::unescape(&text).unwrap(), weird);
+        assert_eq!(escaped_path::escape(Path::new("/data")), "/data");
+        assert!(escaped_path::unescape("/x\\9").is_err());
+    }
+
+    #[test]
+    fn messages_are_one_json_line() {
+        let ev = Event::ThawComplete {
+            reason: ThawReason::Deadline,
+            unix_ms: 1,
+            frozen_us: Some(5),
+            pending: vec![1],
+        };
+        let line = serde_json::to_string(&ev).unwrap();
+        assert!(!line.contains('\n'));
+        assert!(line.contains(r#""event":"thaw_complete""#));
+        assert_eq!(serde_json::from_str::<Event>(&line).unwrap(), ev);
+        let cmd: Command = serde_json::from_str(r#"{"cmd":"thaw","reason":"host"}"#).unwrap();
+        assert_eq!(
+            cmd,
+            Command::Thaw {
+                reason: ThawReason::Host
+            }
+        );
+    }
+}

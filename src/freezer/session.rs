@@ -1,0 +1,397 @@
+//! The agent's side of a freeze: spawns the watchdog, drives it, and keeps each mount's outcome.
+//!
+//! Nothing here blocks the async runtime or touches a frozen filesystem: the watchdog does the
+//! ioctls, and this side only reads and writes pipes.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin};
+use tokio::sync::mpsc;
+
+use super::protocol::{escaped_path, Command, Event, FailKind, Plan, ThawReason};
+use super::records;
+
+/// How long the watchdog may take to open the mounts and lock its memory.
+const READY_WAIT: Duration = Duration::from_secs(10);
+
+/// Why a freeze could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("starting the watchdog {exe}: {source}")]
+    Spawn {
+        exe: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("watchdog setup failed: {0}")]
+    Setup(String),
+    #[error("the watchdog did not get ready within {0:?}")]
+    NotReady(Duration),
+    #[error("the watchdog exited unexpectedly")]
+    WatchdogGone,
+}
+
+/// Where one target stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Not frozen yet.
+    Pending,
+    /// FIFREEZE issued, not returned.
+    Freezing,
+    Frozen,
+    /// FIFREEZE failed (`error` says why); never thawed by us.
+    Failed,
+    /// EOPNOTSUPP: skipped.
+    Unsupported,
+    /// The thaw came before its freeze started.
+    Cancelled,
+    Thawed,
+    /// FITHAW failed: it may still be frozen (`thaw-all` retries from the record).
+    ThawFailed,
+}
+
+/// One target's report.
+#[derive(Debug, Clone, Serialize)]
+pub struct MountStatus {
+    #[serde(with = "escaped_path")]
+    pub path: PathBuf,
+    pub fstype: String,
+    /// Frozen by us at this moment.
+    pub frozen: bool,
+    pub outcome: Outcome,
+    pub error: Option<String>,
+    /// syncfs time of the pre-flush.
+    pub flush_ms: Option<f64>,
+    /// FIFREEZE call time.
+    pub freeze_ms: Option<f64>,
+    /// From its FIFREEZE call to its thaw.
+    pub frozen_ms: Option<f64>,
+    /// Position in which FIFREEZE returned successfully (0 first).
+    pub freeze_seq: Option<usize>,
+    /// Position in which it was thawed (0 first).
+    pub thaw_seq: Option<usize>,
+    /// Set for a mount already frozen by someone else (EBUSY).
+    #[serde(skip)]
+    pub fail_kind: Option<FailKind>,
+}
+
+/// Times of a session, as Unix milliseconds.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Times {
+    pub freeze_started_ms: Option<u64>,
+    pub settled_ms: Option<u64>,
+    pub thawed_ms: Option<u64>,
+    /// From the first FIFREEZE call to the last thaw.
+    pub frozen_us: Option<u64>,
+}
+
+/// A freeze under way.
+pub struct FreezeSession {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    events: mpsc::UnboundedReceiver<Event>,
+    state_dir: PathBuf,
+    pub mounts: Vec<MountStatus>,
+    pub times: Times,
+    pub warnings: Vec<String>,
+    /// Set once every mount has an outcome (the storage snapshot may be taken).
+    pub settled: bool,
+    /// Set once the deadline fired.
+    pub deadline_hit: bool,
+    /// Set once everything we froze is thawed.
+    pub thaw_reason: Option<ThawReason>,
+    /// Mounts whose FIFREEZE has not returned at the thaw; the watchdog thaws each on return.
+    pub pending: Vec<usize>,
+    freeze_seq: usize,
+    thaw_seq: usize,
+}
+
+fn unix_ms_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl FreezeSession {
+    /// Starts the watchdog (`exe watchdog`), hands it the plan and waits until it is ready.
+    pub async fn start(plan: &Plan, exe: &Path) -> Result<FreezeSession, SessionError> {
+        let mut child = tokio::process::Command::new(exe)
+            .arg("watchdog")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // The watchdog must outlive us if we die: that is its whole point.
+            .kill_on_drop(false)
+            .spawn()
+            .map_err(|source| SessionError::Spawn {
+                exe: exe.to_path_buf(),
+                source,
+            })?;
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, events) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                match serde_json::from_str::<Event>(&line) {
+                    Ok(ev) => {
+                        if tx.send(ev).is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) => tracing::warn!("unreadable line from the watchdog ({e}): {line}"),
+                }
+            }
+        });
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                tracing::warn!(target: "quiesce::watchdog", "{line}");
+            }
+        });
+        let mut line = serde_json::to_string(plan).expect("plan serializes");
+        line.push('\n');
+        if stdin.write_all(line.as_bytes()).await.is_err() {
+            return Err(SessionError::WatchdogGone);
+        }
+        let mut session = FreezeSession {
+            child,
+            stdin: Some(stdin),
+            events,
+            state_dir: plan.state_dir.clone(),
+            mounts: plan
+                .mounts
+                .iter()
+                .map(|m| MountStatus {
+                    path: m.path.clone(),
+                    fstype: m.fstype.clone(),
+                    frozen: false,
+                    outcome: Outcome::Pending,
+                    error: None,
+                    flush_ms: None,
+                    freeze_ms: None,
+                    frozen_ms: None,
+                    freeze_seq: None,
+                    thaw_seq: None,
+                    fail_kind: None,
+                })
+                .collect(),
+            times: Times::default(),
+            warnings: Vec::new(),
+            settled: false,
+            deadline_hit: false,
+            thaw_reason: None,
+            pending: Vec::new(),
+            freeze_seq: 0,
+            thaw_seq: 0,
+        };
+        match tokio::time::timeout(READY_WAIT, session.events.recv()).await {
+            Ok(Some(Event::Ready { warnings })) => {
+                session.warnings.extend(warnings);
+                Ok(session)
+            }
+            Ok(Some(Event::SetupFailed { error })) => Err(SessionError::Setup(error)),
+            Ok(Some(other)) => Err(SessionError::Setup(format!("unexpected event {other:?}"))),
+            Ok(None) => Err(SessionError::WatchdogGone),
+            Err(_) => Err(SessionError::NotReady(READY_WAIT)),
+        }
+    }
+
+    async fn send(&mut self, cmd: &Command) {
+        let mut line = serde_json::to_string(cmd).expect("command serializes");
+        line.push('\n');
+        if let Some(stdin) = self.stdin.as_mut() {
+            if stdin.write_all(line.as_bytes()).await.is_err() {
+                self.stdin = None;
+            }
+        }
+    }
+
+    /// Receives and applies the next event; `None` when the watchdog is gone.
+    async fn next(&mut self) -> Option<Event> {
+        let ev = self.events.recv().await;
+        match &ev {
+            Some(ev) => self.apply(ev),
+            None => self.watchdog_lost().await,
+        }
+        ev
+    }
+
+    /// The watchdog died without finishing (it should not: it is the last line of defence).
+    /// Fall back on the records, which thaw exactly what was being frozen.
+    async fn watchdog_lost(&mut self) {
+        if self.thaw_reason.is_some() {
+            return;
+        }
+        let dir = self.state_dir.clone();
+        let recovered = tokio::task::spawn_blocking(move || records::thaw_recorded(&dir)).await;
+        self.warnings.push(format!(
+            "the watchdog exited unexpectedly; recovery from state_dir: {recovered:?}"
+        ));
+        for m in self.mounts.iter_mut() {
+            if m.frozen {
+                m.frozen = false;
+                m.outcome = Outcome::Thawed;
+            }
+        }
+        self.thaw_reason = Some(ThawReason::Error);
+        self.times.thawed_ms = Some(unix_ms_now());
+    }
+
+    fn apply(&mut self, ev: &Event) {
+        match ev {
+            Event::Ready { .. } | Event::SetupFailed { .. } | Event::Finished => {}
+            Event::Flushed {
+                mount,
+                duration_us,
+                error,
+            } => {
+                if let Some(m) = self.mounts.get_mut(*mount) {
+                    m.flush_ms = Some(*duration_us as f64 / 1000.0);
+                }
+                if let Some(e) = error {
+                    self.warnings
+                        .push(format!("pre-flush of mount {mount}: {e}"));
+                }
+            }
+            Event::FlushBudgetExceeded { mounts } => {
+                for &i in mounts {
+                    if let Some(m) = self.mounts.get(i) {
+                        self.warnings.push(format!(
+                            "pre-flush of {} did not finish in time; freezing anyway",
+                            super::show(&m.path)
+                        ));
+                    }
+                }
+            }
+            Event::FreezeStarted { mount, unix_ms } => {
+                self.times.freeze_started_ms.get_or_insert(*unix_ms);
+                if let Some(m) = self.mounts.get_mut(*mount) {
+                    m.outcome = Outcome::Freezing;
+                }
+            }
+            Event::Frozen { mount, duration_us } => {
+                if let Some(m) = self.mounts.get_mut(*mount) {
+                    m.frozen = true;
+                    m.outcome = Outcome::Frozen;
+                    m.freeze_ms = Some(*duration_us as f64 / 1000.0);
+                    m.freeze_seq = Some(self.freeze_seq);
+                    self.freeze_seq += 1;
+                }
+            }
+            Event::FreezeFailed {
+                mount, kind, error, ..
+            } => {
+                if let Some(m) = self.mounts.get_mut(*mount) {
+                    m.outcome = match kind {
+                        FailKind::Unsupported => Outcome::Unsupported,
+                        _ => Outcome::Failed,
+                    };
+                    m.error = Some(error.clone());
+                    m.fail_kind = Some(*kind);
+                }
+            }
+            Event::AllSettled { unix_ms } => {
+                self.settled = true;
+                self.times.settled_ms = Some(*unix_ms);
+            }
+            Event::DeadlineReached { .. } => self.deadline_hit = true,
+            Event::Thawed { mount, frozen_us } => {
+                if let Some(m) = self.mounts.get_mut(*mount) {
+                    m.frozen = false;
+                    m.outcome = Outcome::Thawed;
+                    m.frozen_ms = Some(*frozen_us as f64 / 1000.0);
+                    m.thaw_seq = Some(self.thaw_seq);
+                    self.thaw_seq += 1;
+                }
+            }
+            Event::ThawFailed { mount, error, .. } => {
+                if let Some(m) = self.mounts.get_mut(*mount) {
+                    m.outcome = Outcome::ThawFailed;
+                    m.error = Some(error.clone());
+                }
+            }
+            Event::ThawComplete {
+                reason,
+                unix_ms,
+                frozen_us,
+                pending,
+            } => {
+                self.thaw_reason = Some(*reason);
+                self.times.thawed_ms = Some(*unix_ms);
+                self.times.frozen_us = *frozen_us;
+                self.pending = pending.clone();
+                for m in self.mounts.iter_mut() {
+                    if m.outcome == Outcome::Pending {
+                        m.outcome = Outcome::Cancelled;
+                    }
+                }
+                for &i in pending {
+                    if let Some(m) = self.mounts.get_mut(i) {
+                        if m.outcome == Outcome::Freezing {
+                            m.error = Some(
+                                "FIFREEZE had not returned at the thaw; the watchdog thaws it \
+                                 the moment it returns"
+                                    .into(),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Flushes and freezes; returns once every mount has an outcome, or once the deadline (or
+    /// another thaw) ended the freeze first.
+    pub async fn freeze(&mut self) {
+        self.send(&Command::Freeze).await;
+        while !self.settled && self.thaw_reason.is_none() {
+            if self.next().await.is_none() {
+                return;
+            }
+        }
+    }
+
+    /// Waits until the freeze ends by itself (deadline) or `thaw` is called; cancel-safe.
+    pub async fn wait_thawed(&mut self) {
+        while self.thaw_reason.is_none() {
+            if self.next().await.is_none() {
+                return;
+            }
+        }
+    }
+
+    /// Thaws everything (exact reverse order) and returns once nothing of ours is frozen.
+    pub async fn thaw(&mut self, reason: ThawReason) {
+        if self.thaw_reason.is_none() {
+            self.send(&Command::Thaw { reason }).await;
+        }
+        self.wait_thawed().await;
+    }
+
+    /// True when any target froze successfully and is still frozen.
+    pub fn any_frozen(&self) -> bool {
+        self.mounts.iter().any(|m| m.frozen)
+    }
+
+    /// Lets go of the watchdog: it lives on alone until its pending calls return and exits.
+    pub async fn finish(mut self) {
+        self.stdin = None;
+        if self.pending.is_empty() {
+            // Nothing outstanding: it exits at once; reap it.
+            let _ = tokio::time::timeout(Duration::from_secs(2), self.child.wait()).await;
+        }
+    }
+}
+
+/// Formats Unix milliseconds as RFC 3339 (UTC, milliseconds).
+pub fn rfc3339(unix_ms: u64) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(unix_ms)).to_string()
+}

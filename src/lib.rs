@@ -1,0 +1,15 @@
+//! quiesce: a guest agent for application-consistent VM snapshots.
+//!
+//! The tree follows the job split of the design: `freezer` discovers mounts, orders them along
+//! the storage stack and freezes them through a watchdog process that never leaves one frozen;
+//! `config` reads the operator's YAML; `commands` holds the command-line entry points.
+
+// Unsafe code lives in `freezer::ioctl` only, where every block carries a SAFETY comment.
+#![deny(unsafe_code)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod duration;
+pub mod freezer;

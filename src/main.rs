@@ -1,0 +1,40 @@
+//! The `quiesce` binary: dispatches the subcommands of the contract.
+
+#![deny(unsafe_code)]
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use quiesce::cli::{Cli, Cmd};
+use quiesce::commands;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The watchdog runs before anything else exists: no runtime, no logger, no threads but its own.
+    if let Cmd::Watchdog = cli.command {
+        return ExitCode::from(quiesce::freezer::watchdog::main() as u8);
+    }
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    let code = match cli.command {
+        Cmd::Watchdog => unreachable!(),
+        Cmd::CheckConfig(a) => commands::check_config::run(&a.config),
+        Cmd::ThawAll(a) => commands::thaw_all::run(&a.config),
+        Cmd::Freeze(args) => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("build the tokio runtime");
+            match rt.block_on(commands::freeze::run(args)) {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("quiesce freeze: {e:#}");
+                    2
+                }
+            }
+        }
+    };
+    ExitCode::from(code as u8)
+}
