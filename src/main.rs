@@ -27,7 +27,10 @@ fn main() -> ExitCode {
                 .enable_all()
                 .build()
                 .expect("build the tokio runtime");
-            match rt.block_on(commands::freeze::run(args)) {
+            let result = rt.block_on(commands::freeze::run(args));
+            // A blocking read of stdin may still be pending: do not wait for it.
+            rt.shutdown_background();
+            match result {
                 Ok(code) => code,
                 Err(e) => {
                     eprintln!("quiesce freeze: {e:#}");

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The whole test suite: formatting, lints, unit tests and the real freezes on loop devices.
+# Needs root (loop devices, mount, FIFREEZE) and e2fsprogs, xfsprogs, util-linux;
+# `.ci/run` installs those on a fresh machine. Every test freezes only loop mounts it made.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "scripts/test.sh: the freezer tests need root (loop devices, mount, FIFREEZE): run it as root, e.g. sudo scripts/test.sh" >&2
+  exit 1
+fi
+missing=()
+for tool in mkfs.ext4 e2fsck dumpe2fs mkfs.xfs xfs_repair xfs_logprint losetup fsfreeze blkid mount; do
+  command -v "$tool" >/dev/null 2>&1 || PATH="$PATH:/usr/sbin:/sbin" command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "scripts/test.sh: missing tools: ${missing[*]} (apt-get install e2fsprogs xfsprogs util-linux mount)" >&2
+  exit 1
+fi
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --all-targets --locked -- -D warnings
+echo "== cargo test"
+cargo test --locked "$@"
+echo "== the shipped config example"
+cargo run --quiet --locked -- check-config --config config.example.yaml >/dev/null
