@@ -16,6 +16,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::cli::FreezeArgs;
 use crate::freezer::protocol::{escaped_path, ThawReason};
 use crate::freezer::records::{self, AgentLock, Recovery};
+use crate::freezer::select::SkipReason;
 use crate::freezer::session::{rfc3339, FreezeSession, MountStatus, Outcome};
 use crate::freezer::{self, FreezeOptions};
 
@@ -95,9 +96,17 @@ pub async fn run(args: FreezeArgs) -> anyhow::Result<i32> {
 
     let requested = (!args.mounts.is_empty()).then_some(args.mounts.as_slice());
     let discovery = freezer::discover(&config.rules(), requested)?;
+    // The report lists the mounts the operator may have expected frozen; those left out by the
+    // include list or the --mount list, or hidden, are noise there (check-config shows them).
     let skipped: Vec<Skipped> = discovery
         .skipped
         .iter()
+        .filter(|(_, why)| {
+            !matches!(
+                why,
+                SkipReason::NotIncluded | SkipReason::NotRequested | SkipReason::Shadowed
+            )
+        })
         .map(|(m, why)| Skipped {
             path: m.mount_point.clone(),
             fstype: m.fstype.clone(),
