@@ -32,6 +32,9 @@ pub enum Cmd {
     /// Internal: the watchdog process that holds a freeze (started by quiesce itself).
     #[command(hide = true)]
     Watchdog,
+    /// Internal: runs one hook command and stops its whole process tree (started by quiesce).
+    #[command(hide = true)]
+    HookExec(crate::hooks::exec::HookExecArgs),
 }
 
 /// `--config PATH`.

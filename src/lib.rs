@@ -13,3 +13,5 @@ pub mod commands;
 pub mod config;
 pub mod duration;
 pub mod freezer;
+pub mod hooks;
+pub mod lifecycle;

@@ -14,12 +14,16 @@ fn main() -> ExitCode {
     if let Cmd::Watchdog = cli.command {
         return ExitCode::from(quiesce::freezer::watchdog::main() as u8);
     }
+    // The hook helper too: single-threaded, so its signal mask and waitpid(-1) cover everything.
+    if let Cmd::HookExec(args) = &cli.command {
+        return ExitCode::from(quiesce::hooks::exec::main(args) as u8);
+    }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();
     let code = match cli.command {
-        Cmd::Watchdog => unreachable!(),
+        Cmd::Watchdog | Cmd::HookExec(_) => unreachable!(),
         Cmd::CheckConfig(a) => commands::check_config::run(&a.config),
         Cmd::ThawAll(a) => commands::thaw_all::run(&a.config),
         Cmd::Freeze(args) => {
