@@ -15,3 +15,4 @@ pub mod duration;
 pub mod freezer;
 pub mod hooks;
 pub mod lifecycle;
+pub mod snapshot;

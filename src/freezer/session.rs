@@ -348,6 +348,22 @@ impl FreezeSession {
         }
     }
 
+    /// Asks the watchdog to flush and freeze, without waiting (see [`Self::next_event`]).
+    pub async fn request_freeze(&mut self) {
+        self.send(&Command::Freeze).await;
+    }
+
+    /// Asks the watchdog to thaw, without waiting; a second request is ignored by it.
+    pub async fn request_thaw(&mut self, reason: ThawReason) {
+        self.send(&Command::Thaw { reason }).await;
+    }
+
+    /// The next event, already applied to the session's state; `None` once the watchdog is
+    /// gone (after a fallback recovery from the records). Cancel-safe.
+    pub async fn next_event(&mut self) -> Option<Event> {
+        self.next().await
+    }
+
     /// Flushes and freezes; returns once every mount has an outcome, or once the deadline (or
     /// another thaw) ended the freeze first.
     pub async fn freeze(&mut self) {
