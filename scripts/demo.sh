@@ -38,6 +38,7 @@ for fs in ext4 xfs; do
 done
 cat > "$W/config.yaml" <<YAML
 state_dir: $W/state
+auth: {mode: none}
 freeze:
   timeout: 30s
   include_mounts: [$W/ext4, $W/xfs]

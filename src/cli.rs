@@ -19,6 +19,8 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Cmd {
+    /// The service: the HTTP API on `listen`; logs to stderr (journald with the systemd work).
+    Daemon(ConfigArg),
     /// Parse and validate the configuration; print the effective hooks and the mounts that
     /// would be frozen (exit 1 with each error as file:line:column: message).
     CheckConfig(ConfigArg),

@@ -8,11 +8,14 @@
 #![deny(unsafe_code)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+pub mod agent;
+pub mod auth;
 pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod duration;
 pub mod freezer;
 pub mod hooks;
+pub mod http;
 pub mod lifecycle;
 pub mod snapshot;

@@ -18,14 +18,32 @@ fn main() -> ExitCode {
     if let Cmd::HookExec(args) = &cli.command {
         return ExitCode::from(quiesce::hooks::exec::main(args) as u8);
     }
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .init();
     let code = match cli.command {
         Cmd::Watchdog | Cmd::HookExec(_) => unreachable!(),
         Cmd::CheckConfig(a) => commands::check_config::run(&a.config),
         Cmd::ThawAll(a) => commands::thaw_all::run(&a.config),
+        Cmd::Daemon(a) => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("build the tokio runtime");
+            let result = rt.block_on(commands::daemon::run(a.config));
+            rt.shutdown_background();
+            match result {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("quiesce daemon: {e:#}");
+                    1
+                }
+            }
+        }
         Cmd::Freeze(args) => {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

@@ -34,7 +34,7 @@ impl Agent {
         fs::write(
             &config,
             format!(
-                "state_dir: {:?}\nfreeze:\n  max_timeout: 60s\n  include_mounts: [{}]\n{extra}",
+                "state_dir: {:?}\nauth: {{mode: none}}\nfreeze:\n  max_timeout: 60s\n  include_mounts: [{}]\n{extra}",
                 state_dir,
                 list.join(", ")
             ),

@@ -196,7 +196,10 @@ async fn abort_while_frozen_thaws_and_runs_the_post_hooks() {
         (end.state, end.consistency, end.thaw_reason),
         (State::Aborted, None, Some(ThawReason::Abort))
     );
-    assert_eq!(s.log(), ["a pre -", "b pre -", "b post abort", "a post abort"]);
+    assert_eq!(
+        s.log(),
+        ["a pre -", "b pre -", "b post abort", "a post abort"]
+    );
 }
 
 #[tokio::test]
@@ -207,18 +210,30 @@ async fn the_deadline_thaws_then_runs_the_post_hooks_and_the_late_thaw_is_refuse
     let ctx = s.context(&[&fs1.mount], &two_hooks(&s), "1s");
     let mut run = start(&ctx, Requested::Application);
     run.wait_for(|s| s.state == State::Frozen).await;
-    let past = run.wait_for(|s| s.state.is_end() || s.state == State::PostHooks).await;
+    let past = run
+        .wait_for(|s| s.state.is_end() || s.state == State::PostHooks)
+        .await;
     assert_eq!(past.thaw_reason, Some(ThawReason::Deadline));
     let late = run.send(Control::HostThaw { taken: true }).await;
-    assert!(matches!(late, Err(Refusal::NotFrozen(_)) | Err(Refusal::Ended(_))), "{late:?}");
+    assert!(
+        matches!(late, Err(Refusal::NotFrozen(_)) | Err(Refusal::Ended(_))),
+        "{late:?}"
+    );
     let end = run.end().await;
     assert_eq!(
         (end.state, end.consistency, end.thaw_reason),
-        (State::Failed, Some(Consistency::Crash), Some(ThawReason::Deadline))
+        (
+            State::Failed,
+            Some(Consistency::Crash),
+            Some(ThawReason::Deadline)
+        )
     );
     assert!(end.frozen_ms.unwrap() < 2000, "{:?}", end.frozen_ms);
     assert_eq!(end.errors.last().unwrap().reason, "deadline");
-    assert_eq!(s.log(), ["a pre -", "b pre -", "b post deadline", "a post deadline"]);
+    assert_eq!(
+        s.log(),
+        ["a pre -", "b pre -", "b post deadline", "a post deadline"]
+    );
     Writer::start_probe(&fs1.mount).assert_finishes_within(Duration::from_secs(1));
 }
 
@@ -228,19 +243,34 @@ async fn a_failing_pre_hook_with_abort_freezes_nothing() {
     let s = Setup::new();
     let fs1 = LoopFs::create(s.dir.path(), "a", Fs::Ext4, 32);
     let a = hook_script(&s.hooks_dir, "a", "");
-    let bad = hook_script(&s.hooks_dir, "bad", "[ \"$QUIESCE_PHASE\" = pre ] && exit 3; exit 0");
+    let bad = hook_script(
+        &s.hooks_dir,
+        "bad",
+        "[ \"$QUIESCE_PHASE\" = pre ] && exit 3; exit 0",
+    );
     let c = hook_script(&s.hooks_dir, "c", "");
     let hooks = format!(
         "[{{name: a, pre: [{a:?}], post: [{a:?}]}}, {{name: bad, pre: [{bad:?}], post: [{bad:?}], on_failure: abort}}, {{name: c, pre: [{c:?}], post: [{c:?}]}}]"
     );
     let ctx = s.context(&[&fs1.mount], &hooks, "30s");
     let end = start(&ctx, Requested::Application).end().await;
-    assert_eq!((end.state, end.consistency, end.thaw_reason), (State::Failed, None, None));
+    assert_eq!(
+        (end.state, end.consistency, end.thaw_reason),
+        (State::Failed, None, None)
+    );
     assert!(end.frozen_at.is_none() && end.mounts.iter().all(|m| !m.frozen));
     assert_eq!(end.hooks[1].exit_code, Some(3));
     assert_eq!(end.errors[0].reason, "pre_hook_failed");
-    assert_eq!(s.log(), ["a pre -", "bad pre -", "bad post none", "a post none"]);
-    assert!(!s.dir.path().join("state/frozen").read_dir().is_ok_and(|mut d| d.next().is_some()));
+    assert_eq!(
+        s.log(),
+        ["a pre -", "bad pre -", "bad post none", "a post none"]
+    );
+    assert!(!s
+        .dir
+        .path()
+        .join("state/frozen")
+        .read_dir()
+        .is_ok_and(|mut d| d.next().is_some()));
 }
 
 #[tokio::test]
@@ -248,7 +278,11 @@ async fn a_pre_hook_past_its_timeout_is_killed_and_gives_file_system() {
     require_root();
     let s = Setup::new();
     let fs1 = LoopFs::create(s.dir.path(), "a", Fs::Ext4, 32);
-    let slow = hook_script(&s.hooks_dir, "slow", "[ \"$QUIESCE_PHASE\" = pre ] && exec sleep 60; exit 0");
+    let slow = hook_script(
+        &s.hooks_dir,
+        "slow",
+        "[ \"$QUIESCE_PHASE\" = pre ] && exec sleep 60; exit 0",
+    );
     let hooks = format!("[{{name: slow, pre: [{slow:?}], post: [{slow:?}], timeout: 500ms}}]");
     let ctx = s.context(&[&fs1.mount], &hooks, "30s");
     let mut run = start(&ctx, Requested::Application);
@@ -271,8 +305,14 @@ async fn shutdown_while_frozen_thaws_and_runs_the_post_hooks() {
     run.wait_for(|s| s.state == State::Frozen).await;
     run.send(Control::Shutdown).await.unwrap();
     let end = run.end().await;
-    assert_eq!((end.state, end.thaw_reason), (State::Aborted, Some(ThawReason::Shutdown)));
-    assert_eq!(s.log(), ["a pre -", "b pre -", "b post shutdown", "a post shutdown"]);
+    assert_eq!(
+        (end.state, end.thaw_reason),
+        (State::Aborted, Some(ThawReason::Shutdown))
+    );
+    assert_eq!(
+        s.log(),
+        ["a pre -", "b pre -", "b post shutdown", "a post shutdown"]
+    );
     Writer::start_probe(&fs1.mount).assert_finishes_within(Duration::from_secs(2));
 }
 
@@ -314,6 +354,10 @@ async fn a_bad_request_is_refused_before_anything_runs() {
         .to_string()
     };
     assert!(bad(Some(Duration::from_secs(61)), None).contains("max_timeout"));
-    assert!(bad(None, Some(vec!["/".into()])).contains("not"), "{}", bad(None, Some(vec!["/".into()])));
+    assert!(
+        bad(None, Some(vec!["/".into()])).contains("not"),
+        "{}",
+        bad(None, Some(vec!["/".into()]))
+    );
     assert!(s.log().is_empty());
 }

@@ -1,12 +1,14 @@
-//! `quiesce check-config`.
+//! `quiesce check-config`: validate everything (the key file included) and show what the
+//! agent would do with it.
 
 use std::path::Path;
 
+use crate::config::{AuthMode, Config, Hook, OnFailure};
 use crate::freezer::{self, show};
 
 /// Runs the command; returns the exit code.
 pub fn run(config_path: &Path) -> i32 {
-    let config = match super::load_config(config_path) {
+    let config = match super::load_config_and_key(config_path) {
         Ok(c) => c,
         Err(errors) => {
             for e in &errors.0 {
@@ -16,21 +18,7 @@ pub fn run(config_path: &Path) -> i32 {
         }
     };
     println!("{}: OK", config_path.display());
-    println!("hooks:");
-    if config.hooks.is_empty() {
-        println!("  (none)");
-    }
-    for h in &config.hooks {
-        let argv = |a: &Option<Vec<String>>| a.as_ref().map(|v| v.join(" ")).unwrap_or("-".into());
-        println!(
-            "  {}: pre: {}; post: {}; timeout {}; on_failure {:?}",
-            h.name,
-            argv(&h.pre),
-            argv(&h.post),
-            crate::duration::format(h.timeout),
-            h.on_failure
-        );
-    }
+    print_settings(&config);
     if !config.freeze.enabled {
         println!("mounts: none (freeze.enabled is false)");
         return 0;
@@ -54,5 +42,105 @@ pub fn run(config_path: &Path) -> i32 {
             }
             0
         }
+    }
+}
+
+/// The files read, where the agent listens, and the hooks in the order they run.
+fn print_settings(config: &Config) {
+    if config.origin.files.is_empty() {
+        println!("files read: none (built-in defaults)");
+    } else {
+        println!("files read:");
+        for f in &config.origin.files {
+            println!("  {}", f.display());
+        }
+    }
+    match config.auth.mode {
+        AuthMode::Hmac => println!(
+            "listen: {} (auth hmac, key {})",
+            config.listen,
+            config.auth.key_file.display()
+        ),
+        AuthMode::None => println!("listen: {} (auth none)", config.listen),
+    }
+    println!("hooks, in order (post hooks run in reverse):");
+    if config.hooks.is_empty() {
+        println!("  (none)");
+    }
+    for h in &config.hooks {
+        print!("{}", describe(h));
+    }
+}
+
+/// One hook, several lines.
+fn describe(h: &Hook) -> String {
+    let mut out = format!("  {}  (from {})\n", h.name, h.source.display());
+    for (phase, argv) in [("pre: ", &h.pre), ("post:", &h.post)] {
+        if let Some(argv) = argv {
+            out.push_str(&format!("    {phase} {}\n", show_argv(argv)));
+        }
+    }
+    let env: Vec<&str> = h.env.keys().map(String::as_str).collect();
+    out.push_str(&format!(
+        "    timeout {}, on_failure {}, env: {}\n",
+        crate::duration::format(h.timeout),
+        match h.on_failure {
+            OnFailure::Continue => "continue",
+            OnFailure::Abort => "abort",
+        },
+        if env.is_empty() {
+            "(none)".to_string()
+        } else {
+            env.join(", ")
+        }
+    ));
+    out
+}
+
+/// The argv as words; a word that is empty or would not read back as one word is quoted.
+fn show_argv(argv: &[String]) -> String {
+    argv.iter()
+        .map(|a| {
+            let plain = !a.is_empty()
+                && a.chars()
+                    .all(|c| !c.is_whitespace() && !c.is_control() && !"\"'\\".contains(c));
+            if plain {
+                a.clone()
+            } else {
+                format!("{a:?}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    #[test]
+    fn a_hook_as_printed() {
+        let h = Hook {
+            name: "pg".into(),
+            pre: Some(vec!["/h/pg.sh".into(), "pre".into()]),
+            post: None,
+            timeout: std::time::Duration::from_secs(30),
+            on_failure: OnFailure::Abort,
+            env: [("B".to_string(), "1".to_string()), ("A".into(), "2".into())].into(),
+            source: PathBuf::from("/etc/quiesce/config.d/pg.yaml"),
+        };
+        assert_eq!(
+            describe(&h),
+            "  pg  (from /etc/quiesce/config.d/pg.yaml)\n    pre:  /h/pg.sh pre\n    timeout 30s, on_failure abort, env: A, B\n"
+        );
+    }
+
+    #[test]
+    fn argv_words() {
+        let v = |a: &[&str]| show_argv(&a.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert_eq!(v(&["/bin/sh", "-c", "echo hi"]), "/bin/sh -c \"echo hi\"");
+        assert_eq!(v(&["/x", ""]), "/x \"\"");
+        assert_eq!(v(&["/x", "a\"b"]), "/x \"a\\\"b\"");
     }
 }

@@ -1,17 +1,28 @@
 //! The entry points of the subcommands.
 
 pub mod check_config;
+pub mod daemon;
 pub mod freeze;
 pub mod thaw_all;
 
 use std::path::Path;
 
-use crate::config::{Config, ConfigErrors};
+use crate::config::{Config, ConfigErrors, LoadOptions};
 
-/// Loads the config; a missing file at the default path means the defaults.
+/// Loads the config with its drop-ins; a missing file at the default path means the defaults
+/// (the drop-ins still count). The key file is not checked: see [`load_config_and_key`].
 pub fn load_config(path: &Path) -> Result<Config, ConfigErrors> {
-    if path == Path::new(crate::config::DEFAULT_PATH) && !path.exists() {
-        return Ok(Config::default());
+    Config::load_with(path, load_options(path, false))
+}
+
+/// [`load_config`] plus the key file check, all errors together (check-config, the daemon).
+pub fn load_config_and_key(path: &Path) -> Result<Config, ConfigErrors> {
+    Config::load_with(path, load_options(path, true))
+}
+
+fn load_options(path: &Path, check_key_file: bool) -> LoadOptions {
+    LoadOptions {
+        missing_main_is_default: path == Path::new(crate::config::DEFAULT_PATH),
+        check_key_file,
     }
-    Config::load(path)
 }

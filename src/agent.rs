@@ -1,0 +1,302 @@
+//! The agent's snapshots: one running at a time, the last 100 kept, idempotent `request_id`s.
+//! Transport-independent: the HTTP handlers only translate requests into these calls.
+
+use std::collections::VecDeque;
+use std::io::Read;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Deserialize;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::lifecycle::{Refusal, Requested, State};
+use crate::snapshot::model::Snapshot;
+use crate::snapshot::{self, Context, Control, ControlMsg, Request};
+
+/// How many finished snapshots are kept for `GET /v1/snapshots`.
+pub const HISTORY: usize = 100;
+
+/// The body of `POST /v1/snapshots` (every field optional, unknown fields refused).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateBody {
+    pub request_id: Option<String>,
+    pub consistency: Option<RequestedWire>,
+    pub freeze_timeout_ms: Option<u64>,
+    pub mounts: Option<Vec<PathBuf>>,
+    pub callback_url: Option<String>,
+}
+
+/// `consistency` as the host writes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestedWire {
+    Application,
+    FileSystem,
+}
+
+/// Why a create was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum CreateError {
+    #[error("another snapshot is not finished")]
+    Busy { active: String },
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("the agent is shutting down")]
+    ShuttingDown,
+}
+
+/// The outcome of a create.
+#[derive(Debug)]
+pub enum Created {
+    /// A new snapshot (202).
+    New(Snapshot),
+    /// The snapshot of a known `request_id` (200).
+    Existing(Snapshot),
+}
+
+/// Why a thaw or abort was refused.
+#[derive(Debug)]
+pub enum ControlError {
+    NotFound,
+    /// 409, with the snapshot as it stands and the reason.
+    Conflict(Box<Snapshot>, String),
+}
+
+struct Entry {
+    id: String,
+    request_id: Option<String>,
+    report: watch::Receiver<Snapshot>,
+    controls: Option<mpsc::Sender<ControlMsg>>,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// Newest first; the active snapshot, if any, is the first.
+    entries: VecDeque<Entry>,
+    shutting_down: bool,
+}
+
+/// The agent.
+pub struct Agent {
+    ctx: Context,
+    inner: Mutex<Inner>,
+    /// Ends of running snapshot tasks, for shutdown.
+    tasks: Mutex<Vec<tokio::task::JoinHandle<Snapshot>>>,
+}
+
+/// A fresh snapshot id: 16 hex digits from /dev/urandom (falls back on time and pid).
+pub fn new_id() -> String {
+    let mut bytes = [0u8; 8];
+    let ok = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .is_ok();
+    if !ok {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        bytes = (t ^ ((std::process::id() as u64) << 32)).to_le_bytes();
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn valid_request_id(s: &str) -> bool {
+    (1..=128).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+}
+
+impl Agent {
+    /// An agent with no snapshot yet.
+    pub fn new(ctx: Context) -> Arc<Agent> {
+        Arc::new(Agent {
+            ctx,
+            inner: Mutex::new(Inner::default()),
+            tasks: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// The config in force.
+    pub fn context(&self) -> &Context {
+        &self.ctx
+    }
+
+    /// Starts a snapshot, or returns the one of a known `request_id`.
+    pub fn create(&self, body: CreateBody) -> Result<Created, CreateError> {
+        if let Some(rid) = &body.request_id {
+            if !valid_request_id(rid) {
+                return Err(CreateError::BadRequest(
+                    "request_id must be 1 to 128 characters of [A-Za-z0-9._:-]".into(),
+                ));
+            }
+        }
+        if let Some(url) = &body.callback_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() > 2048 {
+                return Err(CreateError::BadRequest(
+                    "callback_url must be an http:// or https:// URL".into(),
+                ));
+            }
+        }
+        let mut inner = self.inner.lock().expect("agent lock");
+        if inner.shutting_down {
+            return Err(CreateError::ShuttingDown);
+        }
+        if let Some(rid) = &body.request_id {
+            if let Some(e) = inner
+                .entries
+                .iter()
+                .find(|e| e.request_id.as_deref() == Some(rid.as_str()))
+            {
+                return Ok(Created::Existing(e.report.borrow().clone()));
+            }
+        }
+        if let Some(active) = inner.entries.front() {
+            if !active.report.borrow().state.is_end() {
+                return Err(CreateError::Busy {
+                    active: active.id.clone(),
+                });
+            }
+        }
+        let request = Request {
+            id: new_id(),
+            request_id: body.request_id.clone(),
+            requested: match body.consistency {
+                Some(RequestedWire::FileSystem) => Requested::FileSystem,
+                _ => Requested::Application,
+            },
+            freeze_timeout: body.freeze_timeout_ms.map(Duration::from_millis),
+            mounts: body.mounts.clone(),
+        };
+        let prepared = snapshot::prepare(&self.ctx, request)
+            .map_err(|e| CreateError::BadRequest(e.to_string()))?;
+        let initial = snapshot::initial_snapshot(&prepared);
+        let (report_tx, report) = watch::channel(initial.clone());
+        let (controls, rx) = mpsc::channel(8);
+        let task = tokio::spawn(snapshot::run(self.ctx.clone(), prepared, rx, report_tx));
+        inner.entries.push_front(Entry {
+            id: initial.id.clone(),
+            request_id: body.request_id,
+            report,
+            controls: Some(controls),
+        });
+        inner.entries.truncate(HISTORY);
+        let mut tasks = self.tasks.lock().expect("tasks lock");
+        tasks.retain(|t| !t.is_finished());
+        tasks.push(task);
+        Ok(Created::New(initial))
+    }
+
+    /// The snapshot's report channel.
+    pub fn watch(&self, id: &str) -> Option<watch::Receiver<Snapshot>> {
+        let inner = self.inner.lock().expect("agent lock");
+        inner
+            .entries
+            .iter()
+            .find(|e| e.id == id)
+            .map(|e| e.report.clone())
+    }
+
+    /// The last snapshots, newest first.
+    pub fn list(&self) -> Vec<Snapshot> {
+        let inner = self.inner.lock().expect("agent lock");
+        inner
+            .entries
+            .iter()
+            .map(|e| e.report.borrow().clone())
+            .collect()
+    }
+
+    /// Sends a control and waits for its answer (after the thaw, for thaw and abort).
+    pub async fn control(&self, id: &str, control: Control) -> Result<Snapshot, ControlError> {
+        let (sender, report) = {
+            let inner = self.inner.lock().expect("agent lock");
+            let e = inner
+                .entries
+                .iter()
+                .find(|e| e.id == id)
+                .ok_or(ControlError::NotFound)?;
+            (e.controls.clone(), e.report.clone())
+        };
+        let current = || report.borrow().clone();
+        let Some(sender) = sender else {
+            return Err(ControlError::Conflict(
+                Box::new(current()),
+                "the snapshot has ended".into(),
+            ));
+        };
+        let (tx, rx) = oneshot::channel();
+        let msg = ControlMsg {
+            control,
+            reply: Some(tx),
+        };
+        if sender.send(msg).await.is_err() {
+            let snap = current();
+            let reason = Refusal::Ended(snap.state).to_string();
+            return Err(ControlError::Conflict(Box::new(snap), reason));
+        }
+        match rx.await {
+            Ok(Ok(())) => Ok(current()),
+            Ok(Err(refusal)) => Err(ControlError::Conflict(
+                Box::new(current()),
+                refusal.to_string(),
+            )),
+            Err(_) => {
+                let snap = current();
+                let reason = Refusal::Ended(snap.state).to_string();
+                Err(ControlError::Conflict(Box::new(snap), reason))
+            }
+        }
+    }
+
+    /// Refuses new snapshots, stops the running one (thaw, due post hooks) and waits for it.
+    pub async fn shutdown(&self) {
+        let active = {
+            let mut inner = self.inner.lock().expect("agent lock");
+            inner.shutting_down = true;
+            inner
+                .entries
+                .front()
+                .filter(|e| !e.report.borrow().state.is_end())
+                .and_then(|e| e.controls.clone())
+        };
+        if let Some(sender) = active {
+            let _ = sender
+                .send(ControlMsg {
+                    control: Control::Shutdown,
+                    reply: None,
+                })
+                .await;
+        }
+        let tasks: Vec<_> = std::mem::take(&mut *self.tasks.lock().expect("tasks lock"));
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+
+    /// True while a snapshot is not finished.
+    pub fn busy(&self) -> bool {
+        let inner = self.inner.lock().expect("agent lock");
+        inner
+            .entries
+            .front()
+            .is_some_and(|e| !e.report.borrow().state.is_end())
+    }
+}
+
+/// Waits until `pred` holds for the snapshot (or an end state), at most `timeout`.
+pub async fn wait_until(
+    mut rx: watch::Receiver<Snapshot>,
+    timeout: Duration,
+    pred: impl Fn(&Snapshot) -> bool,
+) -> Snapshot {
+    let _ = tokio::time::timeout(timeout, rx.wait_for(|s| pred(s) || s.state.is_end())).await;
+    let s = rx.borrow().clone();
+    s
+}
+
+/// `?wait=frozen`: frozen, or past it.
+pub fn reached_frozen(s: &Snapshot) -> bool {
+    !matches!(s.state, State::PreHooks | State::Freezing)
+}

@@ -1,0 +1,72 @@
+//! `quiesce daemon`: the service.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context as _};
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::agent::Agent;
+use crate::config::{Config, Listen};
+use crate::freezer::records::{self, AgentLock};
+use crate::http;
+use crate::snapshot::Context;
+
+/// A bad configuration: the daemon refuses to start (exit 1), like `check-config`.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigRefused(pub String);
+
+/// Loads and fully validates the configuration, key file included.
+pub fn load(path: &Path) -> Result<Config, ConfigRefused> {
+    super::load_config_and_key(path).map_err(|e| ConfigRefused(e.to_string()))
+}
+
+/// Runs the daemon until SIGTERM/SIGINT; returns the exit code.
+pub async fn run(config_path: PathBuf) -> anyhow::Result<i32> {
+    let config = match load(&config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            eprintln!("quiesce daemon: refusing to start with an invalid configuration");
+            return Ok(1);
+        }
+    };
+    let auth = super::super::http::hmac::from_config(&config)?;
+    let _lock = AgentLock::acquire(&config.state_dir)
+        .with_context(|| format!("locking state_dir {}", config.state_dir.display()))?;
+    // A previous run that was killed may have left mounts frozen: thaw them first.
+    let dir = config.state_dir.clone();
+    for outcome in tokio::task::spawn_blocking(move || records::thaw_recorded(&dir)).await?? {
+        tracing::warn!(?outcome, "recovered a mount recorded by a previous run");
+    }
+    let addr = match config.listen_address().map_err(anyhow::Error::msg)? {
+        Listen::Tcp(a) => a,
+        Listen::Vsock { port } => {
+            bail!("listen: vsock:{port}: vsock listening is not implemented in this version")
+        }
+    };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("listening on {addr}"))?;
+    let local = listener.local_addr()?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let agent = Agent::new(Context {
+        config: Arc::new(config),
+        exe: PathBuf::from("/proc/self/exe"),
+    });
+    let router = http::router(agent.clone(), auth);
+    tracing::info!("listening on {local}");
+    http::serve(listener, router, async {
+        tokio::select! {
+            _ = sigterm.recv() => {}
+            _ = sigint.recv() => {}
+        }
+    })
+    .await;
+    tracing::info!("stopping: thawing and running the due post hooks first");
+    agent.shutdown().await;
+    tracing::info!("stopped");
+    Ok(0)
+}

@@ -1,0 +1,287 @@
+//! The HTTP API (contract: HTTP API). Handlers only translate requests into calls on the
+//! [`Agent`]; authentication runs first, on the buffered body, for every request but health
+//! and metrics.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::agent::{self, Agent, ControlError, CreateBody, CreateError, Created};
+use crate::snapshot::Control;
+
+pub mod hmac;
+
+/// Largest request body accepted (413 above).
+pub const BODY_LIMIT: usize = 64 * 1024;
+/// Longest `?wait=` long-poll.
+pub const MAX_WAIT: Duration = Duration::from_secs(600);
+/// How long a client may take to send a request's headers.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections served at once; more wait in the listen backlog.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// Checks a request's signature: `Err` is the message of a 401.
+pub trait Authenticate: Send + Sync {
+    fn check(
+        &self,
+        method: &str,
+        path_and_query: &str,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<(), String>;
+}
+
+#[derive(Clone)]
+struct AppState {
+    agent: Arc<Agent>,
+    auth: Option<Arc<dyn Authenticate>>,
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+fn snapshot_with_error(
+    status: StatusCode,
+    snap: &crate::snapshot::model::Snapshot,
+    msg: String,
+) -> Response {
+    let mut v = serde_json::to_value(snap).unwrap_or(Value::Null);
+    if let Value::Object(map) = &mut v {
+        map.insert("error".into(), Value::String(msg));
+    }
+    (status, Json(v)).into_response()
+}
+
+/// The API's router.
+pub fn router(agent: Arc<Agent>, auth: Option<Arc<dyn Authenticate>>) -> Router {
+    let state = AppState { agent, auth };
+    Router::new()
+        .route("/v1/health", get(health))
+        .route("/metrics", get(metrics))
+        .route("/v1/snapshots", post(create).get(list))
+        .route("/v1/snapshots/{id}", get(show).delete(abort))
+        .route("/v1/snapshots/{id}/thaw", post(thaw))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed on this endpoint",
+            )
+        })
+        .layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .with_state(state)
+}
+
+/// Buffers the body (413 past the limit) and checks the signature (401), except for health
+/// and metrics, which reveal nothing about snapshots.
+async fn authenticate(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let (parts, body) = req.into_parts();
+    let bytes = match axum::body::to_bytes(body, BODY_LIMIT).await {
+        Ok(b) => b,
+        Err(_) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body larger than {BODY_LIMIT} bytes"),
+            )
+        }
+    };
+    let open = parts.method == Method::GET && matches!(parts.uri.path(), "/v1/health" | "/metrics");
+    if let (Some(auth), false) = (&state.auth, open) {
+        let pq = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        if let Err(msg) = auth.check(parts.method.as_str(), pq, &parts.headers, &bytes) {
+            tracing::warn!(method = %parts.method, path = %parts.uri.path(), "refused: {msg}");
+            return error(StatusCode::UNAUTHORIZED, msg);
+        }
+    }
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
+}
+
+async fn health() -> Response {
+    Json(json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") })).into_response()
+}
+
+async fn metrics() -> Response {
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        "# quiesce metrics: see docs/http.md\n",
+    )
+        .into_response()
+}
+
+async fn create(State(st): State<AppState>, body: Bytes) -> Response {
+    let parsed: CreateBody = if body.iter().all(u8::is_ascii_whitespace) {
+        CreateBody::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(b) => b,
+            Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid body: {e}")),
+        }
+    };
+    let agent = st.agent.clone();
+    // Preparing reads the mount table and stats mount points: off the async threads.
+    let result = tokio::task::spawn_blocking(move || {
+        let handle = tokio::runtime::Handle::current();
+        let _guard = handle.enter();
+        agent.create(parsed)
+    })
+    .await;
+    match result {
+        Ok(Ok(Created::New(s))) => (StatusCode::ACCEPTED, Json(s)).into_response(),
+        Ok(Ok(Created::Existing(s))) => (StatusCode::OK, Json(s)).into_response(),
+        Ok(Err(CreateError::Busy { active })) => (
+            StatusCode::CONFLICT,
+            Json(json!({ "error": "another snapshot is not finished", "active": active })),
+        )
+            .into_response(),
+        Ok(Err(CreateError::BadRequest(msg))) => error(StatusCode::BAD_REQUEST, msg),
+        Ok(Err(CreateError::ShuttingDown)) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the agent is shutting down",
+        ),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("internal error: {e}"),
+        ),
+    }
+}
+
+async fn list(State(st): State<AppState>) -> Response {
+    Json(json!({ "snapshots": st.agent.list() })).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WaitQuery {
+    wait: Option<String>,
+    timeout_ms: Option<u64>,
+}
+
+async fn show(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    query: Result<Query<WaitQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Query(q) = match query {
+        Ok(q) => q,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid query: {e}")),
+    };
+    let Some(rx) = st.agent.watch(&id) else {
+        return error(StatusCode::NOT_FOUND, format!("no snapshot {id}"));
+    };
+    let timeout = Duration::from_millis(q.timeout_ms.unwrap_or(30_000)).min(MAX_WAIT);
+    let snap = match q.wait.as_deref() {
+        None => rx.borrow().clone(),
+        Some("frozen") => agent::wait_until(rx, timeout, agent::reached_frozen).await,
+        Some("done") => agent::wait_until(rx, timeout, |s| s.state.is_end()).await,
+        Some(other) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("wait must be frozen or done, not {other:?}"),
+            )
+        }
+    };
+    Json(snap).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ThawBody {
+    storage_snapshot: StorageSnapshot,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum StorageSnapshot {
+    Taken,
+    Failed,
+}
+
+async fn thaw(State(st): State<AppState>, Path(id): Path<String>, body: Bytes) -> Response {
+    let parsed: ThawBody = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "invalid body (expected {{\"storage_snapshot\":\"taken\"|\"failed\"}}): {e}"
+                ),
+            )
+        }
+    };
+    let taken = matches!(parsed.storage_snapshot, StorageSnapshot::Taken);
+    control_response(
+        st.agent.control(&id, Control::HostThaw { taken }).await,
+        &id,
+    )
+}
+
+async fn abort(State(st): State<AppState>, Path(id): Path<String>) -> Response {
+    control_response(st.agent.control(&id, Control::Abort).await, &id)
+}
+
+fn control_response(
+    r: Result<crate::snapshot::model::Snapshot, ControlError>,
+    id: &str,
+) -> Response {
+    match r {
+        Ok(s) => (StatusCode::OK, Json(s)).into_response(),
+        Err(ControlError::NotFound) => error(StatusCode::NOT_FOUND, format!("no snapshot {id}")),
+        Err(ControlError::Conflict(s, msg)) => snapshot_with_error(StatusCode::CONFLICT, &s, msg),
+    }
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves; then stops accepting.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            _ = &mut shutdown => return,
+            p = slots.clone().acquire_owned() => p.expect("semaphore open"),
+        };
+        let (stream, peer): (_, SocketAddr) = tokio::select! {
+            _ = &mut shutdown => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!("accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let service = TowerToHyperService::new(router.clone());
+        tokio::spawn(async move {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, "connection: {e}");
+            }
+            drop(permit);
+        });
+    }
+}
