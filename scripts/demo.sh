@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# A whole freeze cycle, safely: two loop filesystems (ext4 and xfs) made here, some unsynced
-# data written to them, `quiesce freeze` restricted to them copies both images while they are
-# frozen (the "storage snapshot"), and the copies are checked (e2fsck -fn, xfs_repair -n after
-# log replay, the data compared). Nothing but these loop mounts is ever frozen; everything is
-# removed at the end. Needs root, e2fsprogs and xfsprogs.
+# A whole snapshot cycle, safely: two loop filesystems (ext4 and xfs) made here with unsynced
+# data on them, the daemon restricted to them with a sample application hook and HMAC auth,
+# and `quiesce snapshot --exec` copying both images while they are frozen (the "storage
+# snapshot"). The copies are then checked (e2fsck -fn, xfs_repair -n after log replay, the
+# data compared). Nothing but these loop mounts is ever frozen; everything is removed at the
+# end. Needs root, e2fsprogs and xfsprogs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" -eq 0 ] || { echo "demo: needs root (loop devices, mount, FIFREEZE): sudo $0" >&2; exit 1; }
 export PATH="$PATH:/usr/sbin:/sbin"
-for t in mkfs.ext4 mkfs.xfs e2fsck xfs_repair losetup; do
+for t in mkfs.ext4 mkfs.xfs e2fsck xfs_repair losetup python3; do
   command -v $t >/dev/null || { echo "demo: $t is missing (apt-get install e2fsprogs xfsprogs)" >&2; exit 1; }
 done
 
@@ -17,7 +18,9 @@ cargo build --quiet
 Q=$PWD/target/debug/quiesce
 W=$(mktemp -d /tmp/quiesce-demo.XXXXXX)
 loops=()
+daemon=
 cleanup() {
+  [ -n "$daemon" ] && kill -TERM "$daemon" 2>/dev/null && wait "$daemon" 2>/dev/null || true
   for m in "$W"/check "$W"/ext4 "$W"/xfs; do
     if mountpoint -q "$m" 2>/dev/null; then fsfreeze -u "$m" 2>/dev/null || true; umount "$m" || umount -l "$m"; fi
   done
@@ -36,27 +39,52 @@ for fs in ext4 xfs; do
   head -c 32M /dev/urandom > "$W/$fs/data"
   sha256sum "$W/$fs/data" | cut -d' ' -f1 > "$W/$fs.sha"
 done
+
+echo "== a sample application hook, an HMAC key, the config"
+mkdir -m 0755 "$W/hooks"
+cat > "$W/hooks/app.sh" <<HOOK
+#!/bin/sh
+# A real hook would put a database in backup mode (pre) and take it out again (post).
+echo "\$(date +%T.%N) \$QUIESCE_HOOK \$QUIESCE_PHASE thaw_reason=\${QUIESCE_THAW_REASON:-n/a}" >> $W/hook.log
+HOOK
+chmod 0755 "$W/hooks/app.sh"
+head -c 48 /dev/urandom | base64 > "$W/host.key"; chmod 0600 "$W/host.key"
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 cat > "$W/config.yaml" <<YAML
+listen: 127.0.0.1:$port
 state_dir: $W/state
-auth: {mode: none}
+auth: {mode: hmac, key_file: $W/host.key}
 freeze:
   timeout: 30s
   include_mounts: [$W/ext4, $W/xfs]
+hooks:
+  - name: app
+    pre: [$W/hooks/app.sh]
+    post: [$W/hooks/app.sh]
+    timeout: 10s
 YAML
-echo "== what would be frozen"
-"$Q" check-config --config "$W/config.yaml" | sed -n '/^mounts/,/^skipped/p' | grep -v '^skipped'
+"$Q" check-config --config "$W/config.yaml" | sed -n '/^hooks/,/^skipped/p' | grep -v '^skipped'
 
-echo "== freeze, copy both images as the storage snapshot, thaw"
-"$Q" freeze --config "$W/config.yaml" \
+echo "== the daemon"
+"$Q" daemon --config "$W/config.yaml" 2> "$W/daemon.log" &
+daemon=$!
+for _ in $(seq 50); do grep -q "listening on" "$W/daemon.log" && break; sleep 0.1; done
+grep -q "listening on" "$W/daemon.log" || { cat "$W/daemon.log"; exit 1; }
+
+echo "== quiesce snapshot: hooks, freeze, copy both images as the storage snapshot, thaw"
+"$Q" snapshot --agent "http://127.0.0.1:$port" --key-file "$W/host.key" \
   --exec "cp --sparse=always $W/ext4.img $W/ext4.snap && cp --sparse=always $W/xfs.img $W/xfs.snap" \
-  > "$W/report.jsonl"
-python3 - "$W/report.jsonl" <<'PY'
+  > "$W/report.json"
+python3 - "$W/report.json" <<'PY'
 import json, sys
-done = [json.loads(l) for l in open(sys.argv[1])][-1]
-print(f"thaw_reason={done['thaw_reason']}  freeze window={done['frozen_ms']:.1f} ms")
-for m in done["mounts"]:
-    print(f"  {m['path']:<40} {m['fstype']:<5} {m['outcome']:<7} flush {m['flush_ms']:.1f} ms  FIFREEZE {m['freeze_ms']:.1f} ms")
+for s in json.load(open(sys.argv[1]))["snapshots"]:
+    print(f"state={s['state']}  consistency={s['consistency']}  thaw_reason={s['thaw_reason']}  frozen {s['frozen_ms']} ms")
+    for m in s["mounts"]:
+        print(f"  mount {m['path']:<40} {m['fstype']:<5} error={m['error']}")
+    for h in s["hooks"]:
+        print(f"  hook  {h['name']} {h['phase']:<4} exit={h['exit_code']} {h['duration_ms']} ms")
 PY
+echo "-- the hook's own log:"; sed 's/^/   /' "$W/hook.log"
 
 echo "== checking the snapshots"
 e2fsck -fn "$W/ext4.snap" >/dev/null 2>&1 && echo "  ext4 copy: e2fsck -fn clean"
@@ -70,4 +98,4 @@ dev=$(losetup -f --show -r "$W/ext4.snap"); loops+=("$dev")
 mount -o ro,noload "$dev" "$W/check"
 [ "$(sha256sum "$W/check/data" | cut -d' ' -f1)" = "$(cat "$W/ext4.sha")" ] && echo "  ext4 copy: data intact"
 umount "$W/check"
-echo "== done: both snapshots are consistent"
+echo "== done: an application-consistent snapshot, both copies consistent"

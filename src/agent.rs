@@ -11,6 +11,7 @@ use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::lifecycle::{Refusal, Requested, State};
+use crate::metrics::Metrics;
 use crate::snapshot::model::Snapshot;
 use crate::snapshot::{self, Context, Control, ControlMsg, Request};
 
@@ -81,6 +82,7 @@ struct Inner {
 /// The agent.
 pub struct Agent {
     ctx: Context,
+    metrics: Arc<Metrics>,
     inner: Mutex<Inner>,
     /// Ends of running snapshot tasks, for shutdown.
     tasks: Mutex<Vec<tokio::task::JoinHandle<Snapshot>>>,
@@ -113,6 +115,7 @@ impl Agent {
     pub fn new(ctx: Context) -> Arc<Agent> {
         Arc::new(Agent {
             ctx,
+            metrics: Arc::new(Metrics::new()),
             inner: Mutex::new(Inner::default()),
             tasks: Mutex::new(Vec::new()),
         })
@@ -121,6 +124,11 @@ impl Agent {
     /// The config in force.
     pub fn context(&self) -> &Context {
         &self.ctx
+    }
+
+    /// The agent's metrics (`GET /metrics`).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// Starts a snapshot, or returns the one of a known `request_id`.
@@ -168,13 +176,32 @@ impl Agent {
             },
             freeze_timeout: body.freeze_timeout_ms.map(Duration::from_millis),
             mounts: body.mounts.clone(),
+            callback_url: body.callback_url.clone(),
         };
         let prepared = snapshot::prepare(&self.ctx, request)
             .map_err(|e| CreateError::BadRequest(e.to_string()))?;
         let initial = snapshot::initial_snapshot(&prepared);
         let (report_tx, report) = watch::channel(initial.clone());
         let (controls, rx) = mpsc::channel(8);
-        let task = tokio::spawn(snapshot::run(self.ctx.clone(), prepared, rx, report_tx));
+        let metrics = self.metrics.clone();
+        let mut changes = report.clone();
+        tokio::spawn(async move {
+            // Ends when the snapshot task drops its sender.
+            while changes.changed().await.is_ok() {
+                let frozen = changes.borrow().mounts.iter().any(|m| m.frozen);
+                metrics.set_frozen(frozen);
+            }
+        });
+        let metrics = self.metrics.clone();
+        metrics.set_active(true);
+        let run = snapshot::run(self.ctx.clone(), prepared, rx, report_tx);
+        let task = tokio::spawn(async move {
+            let end = run.await;
+            metrics.snapshot_ended(&end);
+            metrics.set_frozen(false);
+            metrics.set_active(false);
+            end
+        });
         inner.entries.push_front(Entry {
             id: initial.id.clone(),
             request_id: body.request_id,

@@ -31,6 +31,11 @@ pub enum Cmd {
     /// deadline; thaw when CMD exits (--exec), when stdin gets a line or reaches its end, on
     /// SIGINT/SIGTERM, or at the deadline. Prints JSON lines: one when frozen, one at the end.
     Freeze(FreezeArgs),
+    /// The reference host orchestrator: freeze every --agent (a consistency group), run CMD
+    /// once while all are frozen, thaw, and print the final report as JSON.
+    Snapshot(crate::commands::snapshot::SnapshotArgs),
+    /// An agent's health and its last snapshots, as JSON.
+    Status(crate::commands::status::StatusArgs),
     /// Internal: the watchdog process that holds a freeze (started by quiesce itself).
     #[command(hide = true)]
     Watchdog,

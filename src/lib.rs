@@ -10,7 +10,9 @@
 
 pub mod agent;
 pub mod auth;
+pub mod callbacks;
 pub mod cli;
+pub mod client;
 pub mod commands;
 pub mod config;
 pub mod duration;
@@ -18,4 +20,5 @@ pub mod freezer;
 pub mod hooks;
 pub mod http;
 pub mod lifecycle;
+pub mod metrics;
 pub mod snapshot;

@@ -44,6 +44,8 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Cmd::Snapshot(args) => client_command("snapshot", commands::snapshot::run(args)),
+        Cmd::Status(args) => client_command("status", commands::status::run(args)),
         Cmd::Freeze(args) => {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -62,4 +64,22 @@ fn main() -> ExitCode {
         }
     };
     ExitCode::from(code as u8)
+}
+
+/// Runs a host-side command (an HTTP client of the agents) on a single-threaded runtime; its
+/// errors are reported on stderr with exit code 1.
+fn client_command(name: &str, run: impl std::future::Future<Output = anyhow::Result<i32>>) -> i32 {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("build the tokio runtime");
+    let result = rt.block_on(run);
+    rt.shutdown_background();
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("quiesce {name}: {e:#}");
+            1
+        }
+    }
 }

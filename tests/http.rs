@@ -244,6 +244,21 @@ fn a_whole_cycle_over_http() {
     // Ended: DELETE and thaw are refused with the snapshot.
     let (code, gone) = d.call("DELETE", &format!("/v1/snapshots/{id}"), None);
     assert_eq!((code, gone["state"].as_str()), (409, Some("succeeded")));
+
+    // Metrics count it, and reveal no id or hook name.
+    let (code, metrics) = d.call("GET", "/metrics", None);
+    let text = metrics.as_str().unwrap();
+    assert_eq!(code, 200);
+    assert!(
+        text.contains(r#"quiesce_snapshots_total{state="succeeded",consistency="application"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains("quiesce_snapshot_frozen_seconds_count 1"),
+        "{text}"
+    );
+    assert!(text.contains("quiesce_snapshot_active 0"), "{text}");
+    assert!(!text.contains(&id) && !text.contains("\"app\""), "{text}");
 }
 
 #[test]

@@ -65,6 +65,7 @@ impl Setup {
         Context {
             config: Arc::new(config),
             exe: PathBuf::from(QUIESCE),
+            callback_key: None,
         }
     }
 
@@ -91,6 +92,7 @@ fn start(ctx: &Context, requested: Requested) -> Running {
         requested,
         freeze_timeout: None,
         mounts: None,
+        callback_url: None,
     };
     let prepared = snapshot::prepare(ctx, request).expect("request accepted");
     let (tx, rx) = mpsc::channel(8);
@@ -348,6 +350,7 @@ async fn a_bad_request_is_refused_before_anything_runs() {
                 requested: Requested::Application,
                 freeze_timeout: timeout,
                 mounts,
+                callback_url: None,
             },
         )
         .unwrap_err()

@@ -52,9 +52,14 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<i32> {
     let local = listener.local_addr()?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
+    let callback_key = match config.auth.mode {
+        crate::config::AuthMode::Hmac => Some(http::hmac::read_key(&config)?),
+        crate::config::AuthMode::None => None,
+    };
     let agent = Agent::new(Context {
         config: Arc::new(config),
         exe: PathBuf::from("/proc/self/exe"),
+        callback_key,
     });
     let router = http::router(agent.clone(), auth);
     tracing::info!("listening on {local}");

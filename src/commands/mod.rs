@@ -3,6 +3,8 @@
 pub mod check_config;
 pub mod daemon;
 pub mod freeze;
+pub mod snapshot;
+pub mod status;
 pub mod thaw_all;
 
 use std::path::Path;

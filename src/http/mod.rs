@@ -116,10 +116,10 @@ async fn health() -> Response {
     Json(json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") })).into_response()
 }
 
-async fn metrics() -> Response {
+async fn metrics(State(st): State<AppState>) -> Response {
     (
-        [("content-type", "text/plain; version=0.0.4")],
-        "# quiesce metrics: see docs/http.md\n",
+        [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
+        st.agent.metrics().render(),
     )
         .into_response()
 }

@@ -30,6 +30,8 @@ pub struct Context {
     pub config: Arc<Config>,
     /// This binary (`/proc/self/exe`): the watchdog and the hook helper run it.
     pub exe: PathBuf,
+    /// Signs the callbacks to the host (`auth.mode: hmac`); `None` sends them unsigned.
+    pub callback_key: Option<crate::auth::Key>,
 }
 
 /// A host's request (the body of `POST /v1/snapshots`, plus the id the agent gave it).
@@ -40,6 +42,8 @@ pub struct Request {
     pub requested: Requested,
     pub freeze_timeout: Option<Duration>,
     pub mounts: Option<Vec<PathBuf>>,
+    /// Where the Snapshot is POSTed when it becomes `frozen` and when it ends.
+    pub callback_url: Option<String>,
 }
 
 /// Why a request is refused before anything runs (HTTP 400).
@@ -152,6 +156,8 @@ struct Driver {
     thaw_fed: bool,
     thaw_waiters: Vec<oneshot::Sender<Result<(), Refusal>>>,
     extra_errors: Vec<Problem>,
+    /// Callbacks sent so far: at `frozen`, at the end.
+    called_back: (bool, bool),
 }
 
 /// Runs the snapshot to its end state, publishing every change on `report`.
@@ -191,6 +197,7 @@ pub async fn run(
         thaw_fed: false,
         thaw_waiters: Vec::new(),
         extra_errors: Vec::new(),
+        called_back: (false, false),
     };
     d.drive(&mut controls).instrument(span).await
 }
@@ -216,8 +223,6 @@ impl Driver {
                 ev = next_freezer_event(&mut d.session, d.session_open) => d.freezer_event(ev),
             }
         }
-        d.snap.finished_at = Some(rfc3339(now_ms()));
-        d.publish();
         for w in d.thaw_waiters.drain(..) {
             let _ = w.send(Ok(()));
         }
@@ -473,6 +478,10 @@ impl Driver {
         if state == State::Frozen && self.snap.frozen_at.is_none() {
             self.snap.frozen_at = Some(rfc3339(now_ms()));
         }
+        // In the same publication as the end state: a waiter must never see one without the other.
+        if state.is_end() && self.snap.finished_at.is_none() {
+            self.snap.finished_at = Some(rfc3339(now_ms()));
+        }
         self.snap.state = state;
         self.snap.consistency = self.lc.consistency();
         self.snap.thaw_reason = self.lc.thaw_reason();
@@ -492,6 +501,22 @@ impl Driver {
                 }));
         }
         self.report.send_replace(self.snap.clone());
+        self.call_back(state);
+    }
+
+    /// Queues the callbacks due at `frozen` and at the end; never waits for the receiver.
+    fn call_back(&mut self, state: State) {
+        let Some(url) = &self.prepared.request.callback_url else {
+            return;
+        };
+        let due_frozen = state == State::Frozen && !self.called_back.0;
+        let due_end = state.is_end() && !self.called_back.1;
+        if due_frozen || due_end {
+            self.called_back.0 |= due_frozen;
+            self.called_back.1 |= due_end;
+            let body = serde_json::to_value(&self.snap).unwrap_or_default();
+            crate::callbacks::notify(url.clone(), self.ctx.callback_key.clone(), body);
+        }
     }
 }
 
