@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{bail, Context as _};
+use anyhow::Context as _;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::agent::Agent;
@@ -40,16 +40,15 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<i32> {
     for outcome in tokio::task::spawn_blocking(move || records::thaw_recorded(&dir)).await?? {
         tracing::warn!(?outcome, "recovered a mount recorded by a previous run");
     }
-    let addr = match config.listen_address().map_err(anyhow::Error::msg)? {
-        Listen::Tcp(a) => a,
-        Listen::Vsock { port } => {
-            bail!("listen: vsock:{port}: vsock listening is not implemented in this version")
-        }
+    let listener: http::Listener = match config.listen_address().map_err(anyhow::Error::msg)? {
+        Listen::Tcp(addr) => tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("listen: cannot bind {addr}"))?
+            .into(),
+        // The error says what to change (no vsock, port in use, permission): no context added.
+        Listen::Vsock { port } => http::vsock::bind(port)?.into(),
     };
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("listening on {addr}"))?;
-    let local = listener.local_addr()?;
+    let local = listener.local()?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let callback_key = match config.auth.mode {

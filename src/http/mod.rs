@@ -2,7 +2,7 @@
 //! [`Agent`]; authentication runs first, on the buffered body, for every request but health
 //! and metrics.
 
-use std::net::SocketAddr;
+use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,10 +16,12 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::agent::{self, Agent, ControlError, CreateBody, CreateError, Created};
+use crate::agent::{self, Agent, ControlError, CreateError, Created};
 use crate::snapshot::Control;
 
+pub mod decode;
 pub mod hmac;
+pub mod vsock;
 
 /// Largest request body accepted (413 above).
 pub const BODY_LIMIT: usize = 64 * 1024;
@@ -125,13 +127,9 @@ async fn metrics(State(st): State<AppState>) -> Response {
 }
 
 async fn create(State(st): State<AppState>, body: Bytes) -> Response {
-    let parsed: CreateBody = if body.iter().all(u8::is_ascii_whitespace) {
-        CreateBody::default()
-    } else {
-        match serde_json::from_slice(&body) {
-            Ok(b) => b,
-            Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid body: {e}")),
-        }
+    let parsed = match decode::create_body(&body) {
+        Ok(b) => b,
+        Err(msg) => return error(StatusCode::BAD_REQUEST, msg),
     };
     let agent = st.agent.clone();
     // Preparing reads the mount table and stats mount points: off the async threads.
@@ -199,32 +197,11 @@ async fn show(
     Json(snap).into_response()
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ThawBody {
-    storage_snapshot: StorageSnapshot,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "snake_case")]
-enum StorageSnapshot {
-    Taken,
-    Failed,
-}
-
 async fn thaw(State(st): State<AppState>, Path(id): Path<String>, body: Bytes) -> Response {
-    let parsed: ThawBody = match serde_json::from_slice(&body) {
-        Ok(b) => b,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!(
-                    "invalid body (expected {{\"storage_snapshot\":\"taken\"|\"failed\"}}): {e}"
-                ),
-            )
-        }
+    let taken = match decode::thaw_body(&body) {
+        Ok(t) => t,
+        Err(msg) => return error(StatusCode::BAD_REQUEST, msg),
     };
-    let taken = matches!(parsed.storage_snapshot, StorageSnapshot::Taken);
     control_response(
         st.agent.control(&id, Control::HostThaw { taken }).await,
         &id,
@@ -246,14 +223,66 @@ fn control_response(
     }
 }
 
+/// A bound listener that [`serve`] accepts connections on.
+pub enum Listener {
+    /// `listen: IP:PORT`.
+    Tcp(tokio::net::TcpListener),
+    /// `listen: vsock:PORT`, bound by [`vsock::bind`].
+    Vsock(tokio_vsock::VsockListener),
+}
+
+/// What an accepted connection is to hyper, whatever its transport.
+pub trait Connection: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Connection for T {}
+
+impl Listener {
+    /// Accepts one connection; returns it with its peer (`10.0.0.1:51234`, `vsock:2:1025`).
+    pub async fn accept(&self) -> io::Result<(Box<dyn Connection>, String)> {
+        match self {
+            Listener::Tcp(l) => {
+                let (stream, peer) = l.accept().await?;
+                Ok((Box::new(stream), peer.to_string()))
+            }
+            Listener::Vsock(l) => {
+                let (stream, peer) = l.accept().await?;
+                Ok((
+                    Box::new(stream),
+                    format!("vsock:{}:{}", peer.cid(), peer.port()),
+                ))
+            }
+        }
+    }
+
+    /// Where it listens, written as in the config: `127.0.0.1:7380` or `vsock:7380`.
+    pub fn local(&self) -> io::Result<String> {
+        Ok(match self {
+            Listener::Tcp(l) => l.local_addr()?.to_string(),
+            Listener::Vsock(l) => format!("vsock:{}", l.local_addr()?.port()),
+        })
+    }
+}
+
+impl From<tokio::net::TcpListener> for Listener {
+    fn from(l: tokio::net::TcpListener) -> Self {
+        Listener::Tcp(l)
+    }
+}
+
+impl From<tokio_vsock::VsockListener> for Listener {
+    fn from(l: tokio_vsock::VsockListener) -> Self {
+        Listener::Vsock(l)
+    }
+}
+
 /// Serves `router` on `listener` until `shutdown` resolves; then stops accepting.
 pub async fn serve(
-    listener: tokio::net::TcpListener,
+    listener: impl Into<Listener>,
     router: Router,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     use hyper_util::rt::{TokioIo, TokioTimer};
     use hyper_util::service::TowerToHyperService;
+    let listener = listener.into();
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     tokio::pin!(shutdown);
     loop {
@@ -261,7 +290,7 @@ pub async fn serve(
             _ = &mut shutdown => return,
             p = slots.clone().acquire_owned() => p.expect("semaphore open"),
         };
-        let (stream, peer): (_, SocketAddr) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = &mut shutdown => return,
             r = listener.accept() => match r {
                 Ok(x) => x,
@@ -277,6 +306,9 @@ pub async fn serve(
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
+                // One request per connection: no idle keep-alive connection can linger (the
+                // idle timeout is zero); clients on loopback or vsock pay a connect, ~0.1 ms.
+                .keep_alive(false)
                 .serve_connection(TokioIo::new(stream), service);
             if let Err(e) = conn.await {
                 tracing::debug!(%peer, "connection: {e}");
