@@ -147,25 +147,10 @@ impl Agent {
                 ));
             }
         }
-        let mut inner = self.inner.lock().expect("agent lock");
-        if inner.shutting_down {
-            return Err(CreateError::ShuttingDown);
-        }
-        if let Some(rid) = &body.request_id {
-            if let Some(e) = inner
-                .entries
-                .iter()
-                .find(|e| e.request_id.as_deref() == Some(rid.as_str()))
-            {
-                return Ok(Created::Existing(e.report.borrow().clone()));
-            }
-        }
-        if let Some(active) = inner.entries.front() {
-            if !active.report.borrow().state.is_end() {
-                return Err(CreateError::Busy {
-                    active: active.id.clone(),
-                });
-            }
+        // Checked before and again after preparing: preparing reads the mount table and stats
+        // mount points, which must not happen under the lock the request handlers share.
+        if let Some(early) = self.admit(&body)? {
+            return Ok(early);
         }
         let request = Request {
             id: new_id(),
@@ -180,6 +165,10 @@ impl Agent {
         };
         let prepared = snapshot::prepare(&self.ctx, request)
             .map_err(|e| CreateError::BadRequest(e.to_string()))?;
+        let mut inner = self.inner.lock().expect("agent lock");
+        if let Some(early) = Self::admit_locked(&inner, &body)? {
+            return Ok(early);
+        }
         let initial = snapshot::initial_snapshot(&prepared);
         let (report_tx, report) = watch::channel(initial.clone());
         let (controls, rx) = mpsc::channel(8);
@@ -213,6 +202,35 @@ impl Agent {
         tasks.retain(|t| !t.is_finished());
         tasks.push(task);
         Ok(Created::New(initial))
+    }
+
+    fn admit(&self, body: &CreateBody) -> Result<Option<Created>, CreateError> {
+        let inner = self.inner.lock().expect("agent lock");
+        Self::admit_locked(&inner, body)
+    }
+
+    /// `Some` for a known `request_id`; an error when busy or stopping; `None` to go ahead.
+    fn admit_locked(inner: &Inner, body: &CreateBody) -> Result<Option<Created>, CreateError> {
+        if inner.shutting_down {
+            return Err(CreateError::ShuttingDown);
+        }
+        if let Some(rid) = &body.request_id {
+            if let Some(e) = inner
+                .entries
+                .iter()
+                .find(|e| e.request_id.as_deref() == Some(rid.as_str()))
+            {
+                return Ok(Some(Created::Existing(e.report.borrow().clone())));
+            }
+        }
+        if let Some(active) = inner.entries.front() {
+            if !active.report.borrow().state.is_end() {
+                return Err(CreateError::Busy {
+                    active: active.id.clone(),
+                });
+            }
+        }
+        Ok(None)
     }
 
     /// The snapshot's report channel.
