@@ -402,6 +402,14 @@ fn sigterm_while_frozen_thaws_runs_post_hooks_and_exits_0() {
     );
     let mut w = Writer::start_probe(&s.fs.mount);
     w.assert_blocked_for(Duration::from_millis(100));
+    // SIGHUP does not stop it (its default action would).
+    d.signal("HUP");
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        d.child.try_wait().unwrap().is_none(),
+        "SIGHUP killed the daemon"
+    );
+    w.assert_blocked_for(Duration::from_millis(50));
     d.signal("TERM");
     assert_eq!(d.wait_exit(Duration::from_secs(10)), 0);
     w.assert_finishes_within(Duration::from_secs(1));

@@ -51,6 +51,14 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<i32> {
     let local = listener.local()?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
+    // SIGHUP's default action would kill the daemon mid-snapshot; reloading the configuration
+    // comes with the systemd work, until then it is logged and ignored.
+    let mut sighup = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        while sighup.recv().await.is_some() {
+            tracing::warn!("SIGHUP: configuration reload is not supported yet; restart to reload");
+        }
+    });
     let callback_key = match config.auth.mode {
         crate::config::AuthMode::Hmac => Some(http::hmac::read_key(&config)?),
         crate::config::AuthMode::None => None,
