@@ -29,8 +29,9 @@ fn main() -> ExitCode {
         Cmd::CheckConfig(a) => commands::check_config::run(&a.config),
         Cmd::ThawAll(a) => commands::thaw_all::run(&a.config),
         Cmd::Daemon(a) => {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
+            // One thread does all the daemon's work: it is asynchronous and small (the freeze
+            // itself runs in the watchdog process), and one thread means one malloc arena.
+            let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .expect("build the tokio runtime");

@@ -36,8 +36,8 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<i32> {
     let _lock = AgentLock::acquire(&config.state_dir)
         .with_context(|| format!("locking state_dir {}", config.state_dir.display()))?;
     // A previous run that was killed may have left mounts frozen: thaw them first.
-    let dir = config.state_dir.clone();
-    for outcome in tokio::task::spawn_blocking(move || records::thaw_recorded(&dir)).await?? {
+    // Before anything is served, on this thread: a blocking-pool thread would linger 10 s.
+    for outcome in records::thaw_recorded(&config.state_dir)? {
         tracing::warn!(?outcome, "recovered a mount recorded by a previous run");
     }
     let listener: http::Listener = match config.listen_address().map_err(anyhow::Error::msg)? {

@@ -123,6 +123,8 @@ impl FreezeSession {
     pub async fn start(plan: &Plan, exe: &Path) -> Result<FreezeSession, SessionError> {
         let mut child = tokio::process::Command::new(exe)
             .arg("watchdog")
+            // One malloc arena: each thread's own arena would reserve 64 MiB of address space.
+            .env("MALLOC_ARENA_MAX", "1")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -129,7 +129,12 @@ fn setup(plan: &Plan) -> Result<(Vec<Arc<OwnedFd>>, Vec<String>), String> {
         .map_err(|e| format!("state_dir {}: {e}", plan.state_dir.display()))?;
     let mut warnings = Vec::new();
     use nix::sys::mman::{mlockall, MlockAllFlags};
-    if let Err(e) = mlockall(MlockAllFlags::MCL_CURRENT | MlockAllFlags::MCL_FUTURE) {
+    // MCL_ONFAULT locks pages as they are touched rather than populating every mapping (the
+    // whole binary, each thread's malloc arena reservation): the pages the watchdog uses stay
+    // resident, at a fraction of the memory. Kernels before 4.4 refuse it: lock everything.
+    let all = MlockAllFlags::MCL_CURRENT | MlockAllFlags::MCL_FUTURE;
+    let on_fault = MlockAllFlags::from_bits_retain(libc::MCL_ONFAULT);
+    if let Err(e) = mlockall(all | on_fault).or_else(|_| mlockall(all)) {
         warnings.push(format!("watchdog: mlockall: {}", e.desc()));
     }
     if let Err(e) = std::fs::write("/proc/self/oom_score_adj", "-1000") {
