@@ -9,87 +9,19 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::daemon::{free_port, Daemon, QUIESCE};
 use common::*;
 use serde_json::{json, Value};
 
-const QUIESCE: &str = env!("CARGO_BIN_EXE_quiesce");
 const KEY: &str = "0123456789abcdef0123456789abcdef-cli-test-key\n";
 
 // ---------------------------------------------------------------------------
 // Daemons
 // ---------------------------------------------------------------------------
-
-/// A running `quiesce daemon`; SIGTERM on drop (it thaws what it froze).
-struct Daemon {
-    child: Child,
-    addr: String,
-    log: mpsc::Receiver<String>,
-}
-
-impl Daemon {
-    fn start(config: &Path) -> Daemon {
-        let mut child = Command::new(QUIESCE)
-            .args(["daemon", "--config"])
-            .arg(config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let (tx, log) = mpsc::channel();
-        let err = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let mut daemon = Daemon {
-            child,
-            addr: String::new(),
-            log,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let line = daemon
-                .log
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                .expect("the daemon printed its listening address");
-            if let Some(addr) = line.split("listening on ").nth(1) {
-                daemon.addr = addr.trim().to_string();
-                return daemon;
-            }
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = run_status("kill", &["-TERM", &self.child.id().to_string()]);
-            let t = Instant::now();
-            while t.elapsed() < Duration::from_secs(10) {
-                if let Ok(Some(_)) = self.child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// One agent: a daemon with a loop filesystem of its own. Fields drop in order: the daemon
 /// first (it thaws), then the filesystem, then the scratch directory.

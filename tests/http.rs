@@ -4,137 +4,16 @@
 mod common;
 
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
+use common::daemon::{free_port, raw_call, Daemon, QUIESCE};
 use common::*;
 use serde_json::{json, Value};
-
-const QUIESCE: &str = env!("CARGO_BIN_EXE_quiesce");
-
-/// A running `quiesce daemon` on an ephemeral loopback port.
-struct Daemon {
-    child: Child,
-    addr: String,
-    log: mpsc::Receiver<String>,
-}
-
-impl Daemon {
-    fn start(config: &Path) -> Daemon {
-        let mut child = Command::new(QUIESCE)
-            .args(["daemon", "--config"])
-            .arg(config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let (tx, log) = mpsc::channel();
-        let err = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        // Built first, so that Drop stops the daemon if it never says where it listens.
-        let mut daemon = Daemon {
-            child,
-            addr: String::new(),
-            log,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let line = daemon
-                .log
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                .expect("the daemon printed its listening address");
-            if let Some(addr) = line.split("listening on ").nth(1) {
-                daemon.addr = addr.trim().to_string();
-                return daemon;
-            }
-        }
-    }
-
-    /// One request (Connection: close); returns the status and the JSON body.
-    fn call(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
-        let (status, text) = raw_call(&self.addr, method, path, body.map(str::as_bytes));
-        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        (status, value)
-    }
-
-    fn wait_exit(&mut self, within: Duration) -> i32 {
-        let t = Instant::now();
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                return st.code().unwrap_or(-1);
-            }
-            assert!(t.elapsed() < within, "the daemon did not exit");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn signal(&self, sig: &str) {
-        run("kill", &[&format!("-{sig}"), &self.child.id().to_string()]);
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = run_status("kill", &["-TERM", &self.child.id().to_string()]);
-            let t = Instant::now();
-            while t.elapsed() < Duration::from_secs(10) {
-                if let Ok(Some(_)) = self.child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        while self.log.try_recv().is_ok() {}
-    }
-}
-
-fn raw_call(addr: &str, method: &str, path: &str, body: Option<&[u8]>) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    let body = body.unwrap_or(b"");
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes()).unwrap();
-    let _ = s.write_all(body);
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    let text = String::from_utf8_lossy(&out).to_string();
-    let status: u16 = text
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("no HTTP status in {text:?}"));
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|x| x.1)
-        .unwrap_or("")
-        .to_string();
-    (status, body)
-}
-
-/// A loopback port that was free a moment ago (the config must name a real port).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 struct Scene {
     dir: tempfile::TempDir,

@@ -12,122 +12,12 @@
 mod common;
 
 use std::fs;
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use common::daemon::Daemon;
 use common::{require_root, scratch_dir};
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
-
-const QUIESCE: &str = env!("CARGO_BIN_EXE_quiesce");
-
-/// A `quiesce daemon` with its stderr lines arriving on a channel.
-struct Daemon {
-    child: Child,
-    log: mpsc::Receiver<String>,
-    /// Every line read so far, for failure messages.
-    seen: Vec<String>,
-}
-
-impl Daemon {
-    /// Starts `quiesce daemon`, run through `wrapper` (e.g. setpriv) when not empty.
-    fn spawn(wrapper: &[&str], config: &Path) -> Daemon {
-        let mut cmd = match wrapper.split_first() {
-            Some((first, rest)) => {
-                let mut c = Command::new(first);
-                c.args(rest).arg(QUIESCE);
-                c
-            }
-            None => Command::new(QUIESCE),
-        };
-        let mut child = cmd
-            .args(["daemon", "--config"])
-            .arg(config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {wrapper:?} {QUIESCE}: {e}"));
-        let (tx, log) = mpsc::channel();
-        let err = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        Daemon {
-            child,
-            log,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Waits for the line that says where it listens; returns what follows `listening on `.
-    fn listening(&mut self) -> String {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.log.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if let Some(addr) = line.split("listening on ").nth(1) {
-                        return addr.trim().to_string();
-                    }
-                }
-                Err(_) => panic!(
-                    "the daemon never said where it listens; its log:\n{}",
-                    self.seen.join("\n")
-                ),
-            }
-        }
-    }
-
-    /// Waits for the exit; returns the code and the whole log.
-    fn exit(&mut self, within: Duration) -> (i32, String) {
-        let t = Instant::now();
-        let status = loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                break st;
-            }
-            assert!(
-                t.elapsed() < within,
-                "the daemon did not exit within {within:?}; its log:\n{}",
-                self.seen.join("\n")
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        // The reader thread ends at EOF, once the daemon is gone.
-        while let Ok(line) = self.log.recv_timeout(Duration::from_secs(5)) {
-            self.seen.push(line);
-        }
-        (status.code().unwrap_or(-1), self.seen.join("\n"))
-    }
-
-    fn terminate(&self) {
-        kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM).unwrap();
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
-            let t = Instant::now();
-            while t.elapsed() < Duration::from_secs(10) {
-                if let Ok(Some(_)) = self.child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
 
 /// A vsock port that nothing else on this machine should be using: ports are 32-bit, so a
 /// random one far above the kernel's own picks collides with nothing in practice.
@@ -170,7 +60,7 @@ fn listens_on_vsock_stays_up_and_stops_on_sigterm() {
         "the daemon stopped by itself; its log:\n{}",
         d.seen.join("\n")
     );
-    d.terminate();
+    d.signal("TERM");
     let (code, log) = d.exit(Duration::from_secs(15));
     assert_eq!(code, 0, "{log}");
     assert!(log.contains("stopped"), "{log}");
@@ -197,7 +87,7 @@ fn a_second_daemon_on_the_same_port_says_it_is_in_use() {
 
     // The first one is not disturbed.
     assert!(first.child.try_wait().unwrap().is_none());
-    first.terminate();
+    first.signal("TERM");
     let (code, log) = first.exit(Duration::from_secs(15));
     assert_eq!(code, 0, "{log}");
 }

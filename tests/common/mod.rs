@@ -35,6 +35,8 @@
 
 #![allow(dead_code)]
 
+pub mod daemon;
+
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
