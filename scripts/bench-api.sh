@@ -165,33 +165,8 @@ cp -- "$QUIESCE" "$WORK/bin/quiesce"
 QUIESCE_ORIG=$QUIESCE
 QUIESCE="$WORK/bin/quiesce"
 
-# Attach IMG to a free loop device (direct I/O when possible, like a virtual disk without a
-# second page cache); retries because another process may take the same free device.
-attach() {
-    local img=$1 dev try
-    for try in 1 2 3 4 5; do
-        if dev=$(losetup --find --show --direct-io=on "$img" 2>/dev/null); then echo "$dev"; return; fi
-        if dev=$(losetup --find --show "$img" 2>/dev/null); then echo "$dev"; return; fi
-        sleep 0.2
-    done
-    return 1
-}
-
-# make_fs NAME FSTYPE: creates $WORK/NAME.img, mounts it on $WORK/mnt/NAME, prints the device.
-make_fs() {
-    local name=$1 fs=$2 img="$WORK/$1.img" dev mnt="$WORK/mnt/$1"
-    truncate -s "${IMG_MIB}M" "$img"
-    case $fs in
-        ext4) mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 "$img" ;;
-        xfs) mkfs.xfs -q -f "$img" ;;
-    esac
-    dev=$(attach "$img") || die "cannot attach a loop device to $img"
-    mkdir -p "$mnt"
-    mount -t "$fs" "$dev" "$mnt"
-    [[ $(findmnt -n -o SOURCE --mountpoint "$mnt") == "$dev" && $mnt == "$WORK"/mnt/* ]] ||
-        die "mount check failed for $mnt"
-    echo "$dev"
-}
+# shellcheck source=bench/loopfs.sh
+source "$BENCH/loopfs.sh"
 
 say "creating the filesystems in $WORK"
 A="$WORK/mnt/a"; B="$WORK/mnt/b"
@@ -199,10 +174,7 @@ IMAGES=("$WORK/a.img" "$WORK/b.img")
 MOUNTS=("$A" "$B")
 DEV_A=$(make_fs a ext4)
 DEV_B=$(make_fs b "$SECOND_FS")
-for m in "$A" "$B"; do
-    [[ $(realpath "$m") == "$WORK"/mnt/? && $(findmnt -n -o SOURCE --mountpoint "$m") == /dev/loop* ]] ||
-        die "refusing to freeze $m"
-done
+refuse_unless_own_loop "$A" "$B"
 sync -f "$A"; sync -f "$B"
 
 # The hook of the second daemon (part 3: the hook helper's RSS): sleeps 1 s.

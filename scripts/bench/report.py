@@ -128,6 +128,16 @@ class Out:
         return "\n".join(out).rstrip() + "\n"
 
 
+def load_facts(results):
+    """The (key, value) lines of RESULTS/facts.tsv, in order."""
+    facts = []
+    with open(os.path.join(results, "facts.tsv")) as f:
+        for line in f:
+            k, _, v = line.rstrip("\n").partition("\t")
+            facts.append((k, v))
+    return facts
+
+
 def stat_row(table, label, xs, note=""):
     xs = [x for x in xs if x is not None]
     if not xs:
@@ -143,11 +153,7 @@ def main():
     a = ap.parse_args()
     r = a.results
 
-    facts = []
-    with open(os.path.join(r, "facts.tsv")) as f:
-        for line in f:
-            k, _, v = line.rstrip("\n").partition("\t")
-            facts.append((k, v))
+    facts = load_facts(r)
     fd = dict(facts)
     fs_a = fd.get("mount A", "ext4").split(",")[0]
     fs_b = fd.get("mount B", "?").split(",")[0]

@@ -16,7 +16,7 @@ import sys
 
 sys.dont_write_bytecode = True  # no __pycache__ left in scripts/bench by the import below
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from report import Out, Table, load_jsonl, p90, stat_row  # noqa: E402
+from report import Out, Table, load_facts, load_jsonl, p90, stat_row  # noqa: E402
 
 MIB = 1024  # KiB per MiB
 
@@ -49,11 +49,7 @@ def main():
     a = ap.parse_args()
     r = a.results
 
-    facts = []
-    with open(os.path.join(r, "facts.tsv")) as f:
-        for line in f:
-            k, _, v = line.rstrip("\n").partition("\t")
-            facts.append((k, v))
+    facts = load_facts(r)
     fd = dict(facts)
     fs_b = fd.get("mount B", "?").split(",")[0]
     settings = dict(kv.split("=", 1) for kv in fd.get("settings", "").split() if "=" in kv)
