@@ -257,9 +257,7 @@ impl Lifecycle {
         let mut actions = Vec::new();
         match event {
             Event::PreHookFinished { hook, ok } => self.pre_finished(hook, ok, &mut actions),
-            Event::FreezeSettled { targets, frozen } => {
-                self.freeze_settled(targets, frozen, &mut actions)
-            }
+            Event::FreezeSettled { targets, frozen } => self.freeze_settled(targets, frozen),
             Event::HostThaw { taken } => {
                 if self.state != State::Frozen || self.stop.is_some() {
                     return Err(if self.state.is_end() {
@@ -375,16 +373,11 @@ impl Lifecycle {
         }
     }
 
-    fn freeze_settled(&mut self, targets: usize, frozen: usize, actions: &mut Vec<Action>) {
-        if self.state != State::Freezing {
-            return;
+    fn freeze_settled(&mut self, targets: usize, frozen: usize) {
+        // After an abort or shutdown the state is already `thawing`: ThawFinished moves us on.
+        if self.state == State::Freezing {
+            self.become_frozen(targets, frozen);
         }
-        if self.stop.is_some() {
-            // The thaw asked for by the abort is under way; ThawFinished moves us on.
-            let _ = actions;
-            return;
-        }
-        self.become_frozen(targets, frozen);
     }
 
     fn become_frozen(&mut self, targets: usize, frozen: usize) {
