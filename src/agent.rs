@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::io::Read;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -81,7 +81,11 @@ struct Inner {
 
 /// The agent.
 pub struct Agent {
-    ctx: Context,
+    /// The configuration for the next snapshot; a reload swaps it, a running snapshot keeps the
+    /// one it started with.
+    ctx: RwLock<Context>,
+    /// The newest snapshot as it changes (the service status line follows it).
+    latest: watch::Sender<Option<Snapshot>>,
     metrics: Arc<Metrics>,
     inner: Mutex<Inner>,
     /// Ends of running snapshot tasks, for shutdown.
@@ -114,16 +118,27 @@ impl Agent {
     /// An agent with no snapshot yet.
     pub fn new(ctx: Context) -> Arc<Agent> {
         Arc::new(Agent {
-            ctx,
+            ctx: RwLock::new(ctx),
+            latest: watch::channel(None).0,
             metrics: Arc::new(Metrics::new()),
             inner: Mutex::new(Inner::default()),
             tasks: Mutex::new(Vec::new()),
         })
     }
 
-    /// The config in force.
-    pub fn context(&self) -> &Context {
-        &self.ctx
+    /// The configuration in force for the next snapshot.
+    pub fn context(&self) -> Context {
+        self.ctx.read().expect("context lock").clone()
+    }
+
+    /// Puts a reloaded configuration in force for the snapshots that start from now on.
+    pub fn set_context(&self, ctx: Context) {
+        *self.ctx.write().expect("context lock") = ctx;
+    }
+
+    /// The newest snapshot, updated at each change of its report.
+    pub fn latest(&self) -> watch::Receiver<Option<Snapshot>> {
+        self.latest.subscribe()
     }
 
     /// The agent's metrics (`GET /metrics`).
@@ -163,8 +178,9 @@ impl Agent {
             mounts: body.mounts.clone(),
             callback_url: body.callback_url.clone(),
         };
-        let prepared = snapshot::prepare(&self.ctx, request)
-            .map_err(|e| CreateError::BadRequest(e.to_string()))?;
+        let ctx = self.context();
+        let prepared =
+            snapshot::prepare(&ctx, request).map_err(|e| CreateError::BadRequest(e.to_string()))?;
         let mut inner = self.inner.lock().expect("agent lock");
         if let Some(early) = Self::admit_locked(&inner, &body)? {
             return Ok(early);
@@ -174,16 +190,19 @@ impl Agent {
         let (controls, rx) = mpsc::channel(8);
         let metrics = self.metrics.clone();
         let mut changes = report.clone();
+        let latest = self.latest.clone();
+        latest.send_replace(Some(initial.clone()));
         tokio::spawn(async move {
             // Ends when the snapshot task drops its sender.
             while changes.changed().await.is_ok() {
-                let frozen = changes.borrow().mounts.iter().any(|m| m.frozen);
-                metrics.set_frozen(frozen);
+                let snap = changes.borrow_and_update().clone();
+                metrics.set_frozen(snap.mounts.iter().any(|m| m.frozen));
+                latest.send_replace(Some(snap));
             }
         });
         let metrics = self.metrics.clone();
         metrics.set_active(true);
-        let run = snapshot::run(self.ctx.clone(), prepared, rx, report_tx);
+        let run = snapshot::run(ctx, prepared, rx, report_tx);
         let task = tokio::spawn(async move {
             let end = run.await;
             metrics.snapshot_ended(&end);

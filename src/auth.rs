@@ -40,7 +40,7 @@ pub const DEFAULT_NONCE_CAPACITY: usize = 100_000;
 type HmacSha256 = Hmac<Sha256>;
 
 /// The shared HMAC key. Its `Debug` shows the length only, never the bytes.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Key(Vec<u8>);
 
 /// A key that cannot be used.

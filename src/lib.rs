@@ -21,4 +21,5 @@ pub mod hooks;
 pub mod http;
 pub mod lifecycle;
 pub mod metrics;
+pub mod notify;
 pub mod snapshot;

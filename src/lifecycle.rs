@@ -61,6 +61,17 @@ pub enum Consistency {
     Crash,
 }
 
+impl Consistency {
+    /// The contract's name of the level.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Consistency::Application => "application",
+            Consistency::FileSystem => "file_system",
+            Consistency::Crash => "crash",
+        }
+    }
+}
+
 /// Why the mounts were thawed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]

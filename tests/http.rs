@@ -7,55 +7,12 @@ use std::fs;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::daemon::{free_port, raw_call, Daemon, QUIESCE};
+use common::daemon::{hook_log, logging_hook, raw_call, scene, Daemon, QUIESCE};
 use common::*;
 use serde_json::{json, Value};
-
-struct Scene {
-    dir: tempfile::TempDir,
-    fs: LoopFs,
-    config: PathBuf,
-}
-
-fn scene(timeout: &str, hooks: &str) -> Scene {
-    let dir = scratch_dir();
-    let fs = LoopFs::create(dir.path(), "data", Fs::Ext4, 32);
-    let config = dir.path().join("config.yaml");
-    fs::write(
-        &config,
-        format!(
-            "listen: 127.0.0.1:{}\nstate_dir: {:?}\nauth: {{mode: none}}\nfreeze:\n  timeout: {timeout}\n  include_mounts: [{:?}]\nhooks: {hooks}\n",
-            free_port(),
-            dir.path().join("state"),
-            fs.mount
-        ),
-    )
-    .unwrap();
-    Scene { dir, fs, config }
-}
-
-/// A hook that logs "PHASE THAW_REASON" to DIR/hook.log.
-fn logging_hook(dir: &Path) -> String {
-    let script = dir.join("hook.sh");
-    fs::write(
-        &script,
-        format!(
-            "#!/bin/sh\necho \"$QUIESCE_PHASE ${{QUIESCE_THAW_REASON:--}}\" >> {}\n",
-            dir.join("hook.log").display()
-        ),
-    )
-    .unwrap();
-    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
-    format!("[{{name: app, pre: [{script:?}], post: [{script:?}]}}]")
-}
-
-fn hook_log(dir: &Path) -> String {
-    fs::read_to_string(dir.join("hook.log")).unwrap_or_default()
-}
 
 #[test]
 fn a_whole_cycle_over_http() {

@@ -1,15 +1,27 @@
 //! `quiesce daemon`: the service.
+//!
+//! Start-up: signals first (so that none is lost or kills the daemon half-started), then the
+//! configuration, the state_dir lock, the recovery of mounts a killed run left frozen, the
+//! listener, and READY=1. SIGTERM/SIGINT stop it (thaw, due post hooks, exit 0); SIGHUP reloads
+//! the configuration and keeps the running one when the new one is bad.
 
+use std::future::poll_fn;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
-use tokio::signal::unix::{signal, SignalKind};
+use futures_core::Stream;
+use signal_hook::consts::signal::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook_tokio::Signals;
+use tokio::sync::watch;
 
 use crate::agent::Agent;
-use crate::config::{Config, Listen};
+use crate::config::{AuthMode, Config, Listen};
 use crate::freezer::records::{self, AgentLock};
-use crate::http;
+use crate::http::{self, AuthSlot};
+use crate::notify;
 use crate::snapshot::Context;
 
 /// A bad configuration: the daemon refuses to start (exit 1), like `check-config`.
@@ -22,17 +34,24 @@ pub fn load(path: &Path) -> Result<Config, ConfigRefused> {
     super::load_config_and_key(path).map_err(|e| ConfigRefused(e.to_string()))
 }
 
+/// On top of the post hooks' own timeouts, the time a stop may take (thaw, reports, exit).
+const STOP_SLACK: Duration = Duration::from_secs(15);
+
 /// Runs the daemon until SIGTERM/SIGINT; returns the exit code.
 pub async fn run(config_path: PathBuf) -> anyhow::Result<i32> {
+    // Before anything else: from here on SIGTERM, SIGINT and SIGHUP are queued, never fatal.
+    let mut signals =
+        Signals::new([SIGTERM, SIGINT, SIGHUP]).context("installing the signal handlers")?;
     let config = match load(&config_path) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("{e}");
-            eprintln!("quiesce daemon: refusing to start with an invalid configuration");
+            for line in e.0.lines() {
+                tracing::error!("{line}");
+            }
+            tracing::error!("refusing to start with an invalid configuration");
             return Ok(1);
         }
     };
-    let auth = super::super::http::hmac::from_config(&config)?;
     let _lock = AgentLock::acquire(&config.state_dir)
         .with_context(|| format!("locking state_dir {}", config.state_dir.display()))?;
     // A previous run that was killed may have left mounts frozen: thaw them first.
@@ -49,36 +68,221 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<i32> {
         Listen::Vsock { port } => http::vsock::bind(port)?.into(),
     };
     let local = listener.local()?;
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
-    // SIGHUP's default action would kill the daemon mid-snapshot; reloading the configuration
-    // comes with the systemd work, until then it is logged and ignored.
-    let mut sighup = signal(SignalKind::hangup())?;
-    tokio::spawn(async move {
-        while sighup.recv().await.is_some() {
-            tracing::warn!("SIGHUP: configuration reload is not supported yet; restart to reload");
-        }
-    });
-    let callback_key = match config.auth.mode {
-        crate::config::AuthMode::Hmac => Some(http::hmac::read_key(&config)?),
-        crate::config::AuthMode::None => None,
-    };
+    let (auth, callback_key) = credentials(&config)?;
+    let auth = AuthSlot::new(auth);
     let agent = Agent::new(Context {
         config: Arc::new(config),
         exe: PathBuf::from("/proc/self/exe"),
         callback_key,
     });
-    let router = http::router(agent.clone(), auth);
+    let router = http::router(agent.clone(), auth.clone());
     tracing::info!("listening on {local}");
-    http::serve(listener, router, async {
-        tokio::select! {
-            _ = sigterm.recv() => {}
-            _ = sigint.recv() => {}
+    notify::ready(&format!("listening on {local}, no snapshot yet"));
+
+    tokio::spawn(follow_status(agent.clone()));
+    if let Some(every) = notify::watchdog_interval() {
+        tokio::spawn(watchdog_pings(agent.clone(), every));
+    }
+    let (stop_tx, mut stop_rx) = watch::channel(false);
+    let service = Service {
+        path: config_path,
+        agent: agent.clone(),
+        auth,
+        local,
+    };
+    tokio::spawn(async move {
+        let mut stopping = false;
+        while let Some(sig) = poll_fn(|cx| Pin::new(&mut signals).poll_next(cx)).await {
+            match sig {
+                SIGHUP if stopping => {
+                    tracing::warn!("SIGHUP while stopping: the configuration is not reloaded")
+                }
+                SIGHUP => service.reload(),
+                _ if stopping => tracing::warn!(
+                    "{} while stopping: already thawing and running the due post hooks \
+                     (SIGKILL would skip the post hooks; the watchdog would still thaw)",
+                    signal_name(sig)
+                ),
+                _ => {
+                    stopping = true;
+                    tracing::info!("{}: stopping", signal_name(sig));
+                    let _ = stop_tx.send(true);
+                }
+            }
         }
+    });
+    http::serve(listener, router, async move {
+        let _ = stop_rx.wait_for(|stop| *stop).await;
     })
     .await;
-    tracing::info!("stopping: thawing and running the due post hooks first");
+    let busy = agent.busy();
+    notify::stopping(if busy {
+        "stopping: thawing and running the due post hooks"
+    } else {
+        "stopping"
+    });
+    if busy {
+        let ctx = agent.context();
+        let hooks: Duration = ctx
+            .config
+            .hooks
+            .iter()
+            .filter(|h| h.post.is_some())
+            .map(|h| h.timeout.saturating_add(crate::hooks::DEFAULT_KILL_GRACE))
+            .sum();
+        notify::extend_stop_timeout(hooks.saturating_add(STOP_SLACK));
+        tracing::info!("stopping: thawing and running the due post hooks first");
+    }
     agent.shutdown().await;
     tracing::info!("stopped");
     Ok(0)
+}
+
+fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        SIGTERM => "SIGTERM",
+        SIGINT => "SIGINT",
+        SIGHUP => "SIGHUP",
+        _ => "signal",
+    }
+}
+
+/// The request authenticator and the callback signing key of a configuration.
+fn credentials(
+    config: &Config,
+) -> anyhow::Result<(
+    Option<Arc<dyn http::Authenticate>>,
+    Option<crate::auth::Key>,
+)> {
+    match config.auth.mode {
+        AuthMode::Hmac => {
+            let key = http::hmac::read_key(config)?;
+            Ok((
+                Some(Arc::new(http::hmac::Hmac::new(key.clone()))),
+                Some(key),
+            ))
+        }
+        AuthMode::None => Ok((None, None)),
+    }
+}
+
+/// What a reload works on.
+struct Service {
+    path: PathBuf,
+    agent: Arc<Agent>,
+    auth: Arc<AuthSlot>,
+    local: String,
+}
+
+impl Service {
+    /// SIGHUP: loads and validates the configuration again; puts it in force for the next
+    /// snapshot and request, or keeps the running one and logs every error. A snapshot that is
+    /// running finishes with the configuration it started with.
+    fn reload(&self) {
+        notify::reloading();
+        let running = self.agent.context();
+        let outcome = self.try_reload(&running);
+        match &outcome {
+            Ok(changes) => tracing::info!(
+                "configuration reloaded from {}: {}",
+                self.path.display(),
+                changes
+            ),
+            Err(errors) => {
+                for line in errors.lines() {
+                    tracing::error!("reload: {line}");
+                }
+                tracing::error!(
+                    "configuration reload refused: the running configuration stays in force"
+                );
+            }
+        }
+        let status = match self.agent.latest().borrow().as_ref() {
+            Some(s) => notify::status_line(s),
+            None => format!("listening on {}, no snapshot yet", self.local),
+        };
+        notify::reloaded(&status);
+    }
+
+    /// Applies the new configuration; `Err` carries the errors, one per line.
+    fn try_reload(&self, running: &Context) -> Result<String, String> {
+        let mut new = load(&self.path).map_err(|e| e.0)?;
+        let old = &running.config;
+        let mut notes = Vec::new();
+        // The listener and the state_dir lock live as long as the process.
+        if new.listen != old.listen {
+            notes.push(format!(
+                "listen stays {} until a restart (the new file says {})",
+                old.listen, new.listen
+            ));
+            new.listen = old.listen.clone();
+        }
+        if new.state_dir != old.state_dir {
+            notes.push(format!(
+                "state_dir stays {} until a restart (the new file says {})",
+                old.state_dir.display(),
+                new.state_dir.display()
+            ));
+            new.state_dir = old.state_dir.clone();
+        }
+        for note in &notes {
+            tracing::warn!("reload: {note}");
+        }
+        let (auth, callback_key) = credentials(&new).map_err(|e| format!("{e:#}"))?;
+        let key_changed = new.auth.mode != old.auth.mode || callback_key != running.callback_key;
+        // An unchanged key keeps its authenticator, and with it the nonces already seen.
+        if key_changed {
+            self.auth.set(auth);
+        }
+        let summary = format!(
+            "{} hooks, freeze {}, auth {}{}",
+            new.hooks.len(),
+            if new.freeze.enabled {
+                "enabled"
+            } else {
+                "disabled"
+            },
+            match new.auth.mode {
+                AuthMode::Hmac => "hmac",
+                AuthMode::None => "none",
+            },
+            if key_changed { " (new key)" } else { "" }
+        );
+        self.agent.set_context(Context {
+            config: Arc::new(new),
+            exe: running.exe.clone(),
+            callback_key,
+        });
+        Ok(summary)
+    }
+}
+
+/// Keeps `STATUS=` on the newest snapshot: its progress, then its result.
+async fn follow_status(agent: Arc<Agent>) {
+    let mut latest = agent.latest();
+    let mut last = String::new();
+    while latest.changed().await.is_ok() {
+        let line = match latest.borrow_and_update().as_ref() {
+            Some(s) => notify::status_line(s),
+            None => continue,
+        };
+        if line != last {
+            notify::status(&line);
+            last = line;
+        }
+    }
+}
+
+/// WATCHDOG=1 from the daemon's only runtime thread: a stuck runtime stops the pings and
+/// systemd restarts the service (the freezer's watchdog process thaws on its own when the
+/// daemon dies).
+async fn watchdog_pings(agent: Arc<Agent>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        // Takes the agent's lock: a deadlocked agent stops the pings too.
+        let _ = agent.busy();
+        notify::ping();
+    }
 }

@@ -43,10 +43,33 @@ pub trait Authenticate: Send + Sync {
     ) -> Result<(), String>;
 }
 
+/// The authenticator in force; a configuration reload replaces it (a new key, a new mode).
+#[derive(Default)]
+pub struct AuthSlot(std::sync::RwLock<Option<Arc<dyn Authenticate>>>);
+
+impl AuthSlot {
+    /// A slot holding `auth` (`None`: requests are not authenticated).
+    pub fn new(auth: Option<Arc<dyn Authenticate>>) -> Arc<AuthSlot> {
+        Arc::new(AuthSlot(std::sync::RwLock::new(auth)))
+    }
+
+    /// The authenticator for the request at hand.
+    pub fn get(&self) -> Option<Arc<dyn Authenticate>> {
+        self.0.read().map(|a| a.clone()).unwrap_or(None)
+    }
+
+    /// Puts another authenticator in force for the requests that arrive from now on.
+    pub fn set(&self, auth: Option<Arc<dyn Authenticate>>) {
+        if let Ok(mut slot) = self.0.write() {
+            *slot = auth;
+        }
+    }
+}
+
 #[derive(Clone)]
 struct AppState {
     agent: Arc<Agent>,
-    auth: Option<Arc<dyn Authenticate>>,
+    auth: Arc<AuthSlot>,
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -66,7 +89,7 @@ fn snapshot_with_error(
 }
 
 /// The API's router.
-pub fn router(agent: Arc<Agent>, auth: Option<Arc<dyn Authenticate>>) -> Router {
+pub fn router(agent: Arc<Agent>, auth: Arc<AuthSlot>) -> Router {
     let state = AppState { agent, auth };
     Router::new()
         .route("/v1/health", get(health))
@@ -99,7 +122,7 @@ async fn authenticate(State(state): State<AppState>, req: Request, next: Next) -
         }
     };
     let open = parts.method == Method::GET && matches!(parts.uri.path(), "/v1/health" | "/metrics");
-    if let (Some(auth), false) = (&state.auth, open) {
+    if let (Some(auth), false) = (state.auth.get(), open) {
         let pq = parts
             .uri
             .path_and_query()

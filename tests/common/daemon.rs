@@ -3,14 +3,18 @@
 
 #![allow(dead_code)]
 
+use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+
+use super::{scratch_dir, Fs, LoopFs};
 
 /// The binary under test.
 pub const QUIESCE: &str = env!("CARGO_BIN_EXE_quiesce");
@@ -33,8 +37,20 @@ impl Daemon {
         d
     }
 
+    /// Starts it with extra environment variables and waits until it listens.
+    pub fn start_with_env(config: &Path, env: &[(&str, &str)]) -> Daemon {
+        let mut d = Daemon::spawn_with_env(&[], config, env);
+        d.addr = d.listening();
+        d
+    }
+
     /// Starts it, run through `wrapper` (e.g. setpriv) when not empty; does not wait.
     pub fn spawn(wrapper: &[&str], config: &Path) -> Daemon {
+        Daemon::spawn_with_env(wrapper, config, &[])
+    }
+
+    /// [`Daemon::spawn`] with extra environment variables.
+    pub fn spawn_with_env(wrapper: &[&str], config: &Path, env: &[(&str, &str)]) -> Daemon {
         let mut cmd = match wrapper.split_first() {
             Some((first, rest)) => {
                 let mut c = Command::new(first);
@@ -46,6 +62,7 @@ impl Daemon {
         let mut child = cmd
             .args(["daemon", "--config"])
             .arg(config)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -105,6 +122,26 @@ impl Daemon {
             self.seen.push(line);
         }
         (status.code().unwrap_or(-1), self.seen.join("\n"))
+    }
+
+    /// Waits for a log line containing `needle`, at most `within`; returns it.
+    pub fn wait_log(&mut self, needle: &str, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.log.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!(
+                    "no log line with {needle:?} within {within:?}; its log:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
     }
 
     /// Waits for the exit; returns the code.
@@ -177,4 +214,49 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// A loop-mounted ext4 and a daemon config that may freeze only it (auth none, free port).
+pub struct Scene {
+    pub dir: tempfile::TempDir,
+    pub fs: LoopFs,
+    pub config: PathBuf,
+}
+
+/// A scene with the freeze `timeout` and the `hooks` YAML list.
+pub fn scene(timeout: &str, hooks: &str) -> Scene {
+    let dir = scratch_dir();
+    let fs = LoopFs::create(dir.path(), "data", Fs::Ext4, 32);
+    let config = dir.path().join("config.yaml");
+    fs::write(
+        &config,
+        format!(
+            "listen: 127.0.0.1:{}\nstate_dir: {:?}\nauth: {{mode: none}}\nfreeze:\n  timeout: {timeout}\n  include_mounts: [{:?}]\nhooks: {hooks}\n",
+            free_port(),
+            dir.path().join("state"),
+            fs.mount
+        ),
+    )
+    .unwrap();
+    Scene { dir, fs, config }
+}
+
+/// A hook that logs "PHASE THAW_REASON" to DIR/hook.log.
+pub fn logging_hook(dir: &Path) -> String {
+    let script = dir.join("hook.sh");
+    fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho \"$QUIESCE_PHASE ${{QUIESCE_THAW_REASON:--}}\" >> {}\n",
+            dir.join("hook.log").display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
+    format!("[{{name: app, pre: [{script:?}], post: [{script:?}]}}]")
+}
+
+/// What the logging hook wrote.
+pub fn hook_log(dir: &Path) -> String {
+    fs::read_to_string(dir.join("hook.log")).unwrap_or_default()
 }
