@@ -147,13 +147,14 @@ fn signal_name(sig: i32) -> &'static str {
     }
 }
 
-/// The request authenticator and the callback signing key of a configuration.
-fn credentials(
-    config: &Config,
-) -> anyhow::Result<(
+/// The request authenticator (`None`: requests are not authenticated) and the callback
+/// signing key of a configuration.
+type Credentials = (
     Option<Arc<dyn http::Authenticate>>,
     Option<crate::auth::Key>,
-)> {
+);
+
+fn credentials(config: &Config) -> anyhow::Result<Credentials> {
     match config.auth.mode {
         AuthMode::Hmac => {
             let key = http::hmac::read_key(config)?;
