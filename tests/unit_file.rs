@@ -1,0 +1,104 @@
+//! The shipped systemd files: `systemd-analyze verify` of the unit in a root that holds the
+//! built binary and the system's own units, and `systemd-tmpfiles --create` of the tmpfiles.d
+//! line into a scratch root. Needs systemd's tools (package `systemd`); fails without them.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::Command;
+
+use common::daemon::QUIESCE;
+use common::*;
+
+const UNIT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/quiesce.service");
+const TMPFILES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/quiesce.tmpfile");
+
+fn copy_tree(from: &Path, to: &Path) {
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "cp -a {} {}",
+        from.display(),
+        to.display()
+    );
+}
+
+#[test]
+fn systemd_analyze_verify_finds_nothing_to_say() {
+    require_root();
+    let dir = scratch_dir();
+    let root = dir.path();
+    // What the unit names must exist in the root: the binary, /bin/sh, the units it orders
+    // itself after (the host's own unit directory stands in for the distribution's).
+    fs::create_dir_all(root.join("usr/bin")).unwrap();
+    fs::create_dir_all(root.join("bin")).unwrap();
+    fs::create_dir_all(root.join("usr/lib/systemd")).unwrap();
+    fs::copy(QUIESCE, root.join("usr/bin/quiesce")).unwrap();
+    fs::copy("/bin/sh", root.join("bin/sh")).unwrap();
+    let units = ["/usr/lib/systemd/system", "/lib/systemd/system"]
+        .into_iter()
+        .map(Path::new)
+        .find(|p| p.join("multi-user.target").exists())
+        .expect("systemd's units (package systemd) are needed for this test");
+    copy_tree(units, &root.join("usr/lib/systemd/system"));
+    fs::copy(UNIT, root.join("usr/lib/systemd/system/quiesce.service")).unwrap();
+
+    // --man=no: the man page comes with the packages.
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(format!("--root={}", root.display()))
+        .arg("quiesce.service")
+        .output()
+        .expect("systemd-analyze (package systemd) is needed for this test");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && err.trim().is_empty(), "{err}");
+
+    let unit = fs::read_to_string(UNIT).unwrap();
+    let has = |line: &str| unit.lines().any(|l| l.trim() == line);
+    for line in [
+        "Type=notify",
+        "NotifyAccess=main",
+        "KillMode=mixed",
+        "ExecStopPost=/usr/bin/quiesce thaw-all --config /etc/quiesce/config.yaml",
+        "WatchdogSec=30s",
+    ] {
+        assert!(has(line), "the unit lost {line:?}");
+    }
+    // The freezer watchdog and vsock must keep working under the sandbox.
+    let families = unit
+        .lines()
+        .find(|l| l.starts_with("RestrictAddressFamilies="))
+        .unwrap_or("");
+    assert!(families.contains("AF_VSOCK"), "{families}");
+    assert!(!unit
+        .lines()
+        .any(|l| l.starts_with("CapabilityBoundingSet=") || l.starts_with("NoNewPrivileges=yes")));
+}
+
+#[test]
+fn tmpfiles_creates_a_root_only_state_dir() {
+    require_root();
+    let dir = scratch_dir();
+    let out = Command::new("systemd-tmpfiles")
+        .arg("--create")
+        .arg(format!("--root={}", dir.path().display()))
+        .arg(TMPFILES)
+        .output()
+        .expect("systemd-tmpfiles (package systemd) is needed for this test");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let meta = fs::metadata(dir.path().join("run/quiesce")).unwrap();
+    assert!(meta.is_dir());
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o700);
+    assert_eq!((meta.uid(), meta.gid()), (0, 0));
+}
