@@ -19,7 +19,8 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Cmd {
-    /// The service: the HTTP API on `listen`; logs to stderr (journald with the systemd work).
+    /// The service: the HTTP API on `listen`. Logs to journald when present, else stderr;
+    /// SIGHUP reloads the configuration, SIGTERM thaws, runs the due post hooks and exits 0.
     Daemon(ConfigArg),
     /// Parse and validate the configuration; print the effective hooks and the mounts that
     /// would be frozen (exit 1 with each error as file:line:column: message).
