@@ -20,5 +20,6 @@ pub mod freezer;
 pub mod hooks;
 pub mod http;
 pub mod lifecycle;
+pub mod logging;
 pub mod metrics;
 pub mod snapshot;
