@@ -50,7 +50,8 @@ pub enum Output {
 }
 
 enum Msg {
-    Record(Record),
+    /// Boxed: the bounded queue reserves its slots up front, so they stay small.
+    Record(Box<Record>),
     /// The last hold is gone: write what was kept.
     Wake,
     /// Write everything pending, then answer.
@@ -181,7 +182,7 @@ pub fn init() -> LogGuard {
 /// Offers a record to the log thread; never waits.
 fn submit(record: Record) {
     if let Some(shared) = SHARED.get() {
-        if shared.tx.try_send(Msg::Record(record)).is_err() {
+        if shared.tx.try_send(Msg::Record(Box::new(record))).is_err() {
             shared.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -244,8 +245,8 @@ fn log_thread(rx: Receiver<Msg>, output: Output, ansi: bool) {
         let frozen = held();
         match msg {
             // Counted drops are only taken when they can be reported.
-            Msg::Record(r) if frozen => relay.record(r, true, 0),
-            Msg::Record(r) => relay.record(r, false, queue_dropped()),
+            Msg::Record(r) if frozen => relay.record(*r, true, 0),
+            Msg::Record(r) => relay.record(*r, false, queue_dropped()),
             Msg::Wake if frozen => {}
             Msg::Wake => relay.settle(queue_dropped()),
             // The process is ending: what was kept is written even if a hold is left.

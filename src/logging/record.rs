@@ -49,13 +49,19 @@ impl Known {
 /// One log event, owned: everything the outputs need, nothing borrowed from the emitter.
 #[derive(Debug, Clone)]
 pub struct Record {
+    /// When it was logged.
     pub time: SystemTime,
+    /// Its level (journal PRIORITY).
     pub level: Level,
+    /// The module that logged it (journal TARGET).
     pub target: &'static str,
     /// Where the event was written in our source (journal `CODE_FILE`/`CODE_LINE`).
     pub file: Option<&'static str>,
+    /// The source line, with `file`.
     pub line: Option<u32>,
+    /// The formatted message (journal MESSAGE, before the other fields are appended).
     pub message: String,
+    /// The fields with a journal field of their own.
     pub known: Known,
     /// The event's own fields other than `message` and `message_id`, in order, as raw text.
     pub fields: Vec<(&'static str, String)>,

@@ -20,7 +20,9 @@ pub trait Sink: Send {
 /// How much the buffer kept while frozen may hold.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
+    /// At most this many records.
     pub records: usize,
+    /// At most about this many bytes (see [`Record::approx_bytes`]).
     pub bytes: usize,
 }
 
