@@ -20,6 +20,7 @@ pub mod freezer;
 pub mod hooks;
 pub mod http;
 pub mod lifecycle;
+pub mod logging;
 pub mod metrics;
 pub mod notify;
 pub mod snapshot;

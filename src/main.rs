@@ -18,12 +18,8 @@ fn main() -> ExitCode {
     if let Cmd::HookExec(args) = &cli.command {
         return ExitCode::from(quiesce::hooks::exec::main(args) as u8);
     }
-    use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .init();
+    // journald or stderr, from a thread of its own; dropped last, it flushes what is pending.
+    let _log = quiesce::logging::init();
     let code = match cli.command {
         Cmd::Watchdog | Cmd::HookExec(_) => unreachable!(),
         Cmd::CheckConfig(a) => commands::check_config::run(&a.config),

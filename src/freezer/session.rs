@@ -11,9 +11,11 @@ use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin};
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
 use super::protocol::{escaped_path, Command, Event, FailKind, Plan, ThawReason};
 use super::records;
+use crate::logging::{self, ids, FrozenHold};
 
 /// How long the watchdog may take to open the mounts and lock its memory.
 const READY_WAIT: Duration = Duration::from_secs(10);
@@ -109,6 +111,9 @@ pub struct FreezeSession {
     pub pending: Vec<usize>,
     freeze_seq: usize,
     thaw_seq: usize,
+    /// Log records stay in memory from the freeze request until the thaw (or this session's
+    /// end, whichever comes first): the log output may be on a filesystem we freeze.
+    log_hold: Option<FrozenHold>,
 }
 
 fn unix_ms_now() -> u64 {
@@ -139,25 +144,32 @@ impl FreezeSession {
         let stdout = child.stdout.take().expect("piped stdout");
         let stderr = child.stderr.take().expect("piped stderr");
         let (tx, events) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(stdout).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                match serde_json::from_str::<Event>(&line) {
-                    Ok(ev) => {
-                        if tx.send(ev).is_err() {
-                            break;
+        let span = tracing::Span::current();
+        tokio::spawn(
+            async move {
+                let mut lines = BufReader::new(stdout).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    match serde_json::from_str::<Event>(&line) {
+                        Ok(ev) => {
+                            if tx.send(ev).is_err() {
+                                break;
+                            }
                         }
+                        Err(e) => tracing::warn!("unreadable line from the watchdog ({e}): {line}"),
                     }
-                    Err(e) => tracing::warn!("unreadable line from the watchdog ({e}): {line}"),
                 }
             }
-        });
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                tracing::warn!(target: "quiesce::watchdog", "{line}");
+            .instrument(span.clone()),
+        );
+        tokio::spawn(
+            async move {
+                let mut lines = BufReader::new(stderr).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    tracing::warn!(target: "quiesce::watchdog", "{line}");
+                }
             }
-        });
+            .instrument(span),
+        );
         let mut line = serde_json::to_string(plan).expect("plan serializes");
         line.push('\n');
         if stdin.write_all(line.as_bytes()).await.is_err() {
@@ -193,6 +205,7 @@ impl FreezeSession {
             pending: Vec::new(),
             freeze_seq: 0,
             thaw_seq: 0,
+            log_hold: None,
         };
         match tokio::time::timeout(READY_WAIT, session.events.recv()).await {
             Ok(Some(Event::Ready { warnings })) => {
@@ -245,6 +258,11 @@ impl FreezeSession {
         }
         self.thaw_reason = Some(ThawReason::Error);
         self.times.thawed_ms = Some(unix_ms_now());
+        self.log_hold = None;
+        tracing::error!(
+            phase = "thaw",
+            "the watchdog exited unexpectedly; thawed from the records"
+        );
     }
 
     fn apply(&mut self, ev: &Event) {
@@ -281,6 +299,14 @@ impl FreezeSession {
             }
             Event::Frozen { mount, duration_us } => {
                 if let Some(m) = self.mounts.get_mut(*mount) {
+                    tracing::info!(
+                        message_id = ids::FROZEN,
+                        phase = "freeze",
+                        mount = %m.path.display(),
+                        freeze_ms = *duration_us as f64 / 1000.0,
+                        "froze {}",
+                        super::show(&m.path)
+                    );
                     m.frozen = true;
                     m.outcome = Outcome::Frozen;
                     m.freeze_ms = Some(*duration_us as f64 / 1000.0);
@@ -292,6 +318,27 @@ impl FreezeSession {
                 mount, kind, error, ..
             } => {
                 if let Some(m) = self.mounts.get_mut(*mount) {
+                    let path = super::show(&m.path);
+                    match kind {
+                        FailKind::AlreadyFrozen => tracing::warn!(
+                            message_id = ids::FOREIGN_FREEZE,
+                            phase = "freeze",
+                            mount = %m.path.display(),
+                            "{path} was already frozen by someone else: left as it is, never \
+                             thawed by us ({error})"
+                        ),
+                        FailKind::Unsupported => tracing::info!(
+                            phase = "freeze",
+                            mount = %m.path.display(),
+                            "{path} cannot be frozen; skipped ({error})"
+                        ),
+                        FailKind::Error => tracing::error!(
+                            message_id = ids::FREEZE_FAILED,
+                            phase = "freeze",
+                            mount = %m.path.display(),
+                            "cannot freeze {path}: {error}"
+                        ),
+                    }
                     m.outcome = match kind {
                         FailKind::Unsupported => Outcome::Unsupported,
                         _ => Outcome::Failed,
@@ -303,10 +350,35 @@ impl FreezeSession {
             Event::AllSettled { unix_ms } => {
                 self.settled = true;
                 self.times.settled_ms = Some(*unix_ms);
+                let frozen = self.mounts.iter().filter(|m| m.frozen).count();
+                if frozen == 0 {
+                    // Nothing of ours is frozen: no reason to keep the log waiting.
+                    self.log_hold = None;
+                }
+                tracing::info!(
+                    phase = "freeze",
+                    "freeze settled: {frozen} of {} mounts frozen",
+                    self.mounts.len()
+                );
             }
-            Event::DeadlineReached { .. } => self.deadline_hit = true,
+            Event::DeadlineReached { .. } => {
+                self.deadline_hit = true;
+                tracing::warn!(
+                    message_id = ids::DEADLINE_THAW,
+                    phase = "thaw",
+                    "the freeze deadline came before the host's thaw: thawing"
+                );
+            }
             Event::Thawed { mount, frozen_us } => {
                 if let Some(m) = self.mounts.get_mut(*mount) {
+                    tracing::info!(
+                        message_id = ids::THAWED,
+                        phase = "thaw",
+                        mount = %m.path.display(),
+                        frozen_ms = *frozen_us as f64 / 1000.0,
+                        "thawed {}",
+                        super::show(&m.path)
+                    );
                     m.frozen = false;
                     m.outcome = Outcome::Thawed;
                     m.frozen_ms = Some(*frozen_us as f64 / 1000.0);
@@ -316,6 +388,13 @@ impl FreezeSession {
             }
             Event::ThawFailed { mount, error, .. } => {
                 if let Some(m) = self.mounts.get_mut(*mount) {
+                    tracing::error!(
+                        message_id = ids::THAW_FAILED,
+                        phase = "thaw",
+                        mount = %m.path.display(),
+                        "cannot thaw {}: {error}",
+                        super::show(&m.path)
+                    );
                     m.outcome = Outcome::ThawFailed;
                     m.error = Some(error.clone());
                 }
@@ -346,12 +425,21 @@ impl FreezeSession {
                         }
                     }
                 }
+                // Everything is thawed: the records kept meanwhile go out now, before this one.
+                self.log_hold = None;
+                tracing::info!(
+                    phase = "thaw",
+                    reason = reason.as_str(),
+                    frozen_ms = frozen_us.map(|us| us as f64 / 1000.0),
+                    "thaw complete"
+                );
             }
         }
     }
 
     /// Asks the watchdog to flush and freeze, without waiting (see [`Self::next_event`]).
     pub async fn request_freeze(&mut self) {
+        self.log_hold.get_or_insert_with(logging::hold_while_frozen);
         self.send(&Command::Freeze).await;
     }
 
@@ -369,6 +457,7 @@ impl FreezeSession {
     /// Flushes and freezes; returns once every mount has an outcome, or once the deadline (or
     /// another thaw) ended the freeze first.
     pub async fn freeze(&mut self) {
+        self.log_hold.get_or_insert_with(logging::hold_while_frozen);
         self.send(&Command::Freeze).await;
         while !self.settled && self.thaw_reason.is_none() {
             if self.next().await.is_none() {

@@ -89,10 +89,8 @@ pub async fn run_hook(
 
     let mut capture = Capture::new(OUTPUT_TAIL_BYTES);
     let mut log = |item: LogItem<'_>| match item {
-        LogItem::Line(line) => tracing::info!(hook = %spec.name, phase = %spec.phase, "{line}"),
+        LogItem::Line(line) => tracing::info!("{line}"),
         LogItem::Truncated => tracing::warn!(
-            hook = %spec.name,
-            phase = %spec.phase,
             "output truncated in the log (the report keeps the last {OUTPUT_TAIL_BYTES} bytes)"
         ),
     };
@@ -228,17 +226,22 @@ async fn discard(mut pipe: impl AsyncRead + Unpin) {
 fn log_outcome(spec: &HookSpec, outcome: &HookOutcome) {
     let ms = outcome.duration.as_millis() as u64;
     match outcome.failure() {
-        None => {
-            tracing::info!(hook = %spec.name, phase = %spec.phase, duration_ms = ms, "hook succeeded")
-        }
-        Some(why) => {
-            tracing::warn!(hook = %spec.name, phase = %spec.phase, duration_ms = ms, "hook failed: {why}")
-        }
+        None => tracing::info!(duration_ms = ms, "hook {} succeeded", spec.name),
+        Some(why) if outcome.timed_out => tracing::warn!(
+            message_id = crate::logging::ids::HOOK_TIMED_OUT,
+            duration_ms = ms,
+            "hook {} timed out: {why}",
+            spec.name
+        ),
+        Some(why) => tracing::warn!(
+            message_id = crate::logging::ids::HOOK_FAILED,
+            duration_ms = ms,
+            "hook {} failed: {why}",
+            spec.name
+        ),
     }
     if outcome.stray_processes > 0 {
         tracing::info!(
-            hook = %spec.name,
-            phase = %spec.phase,
             "{} processes started by the hook are still running",
             outcome.stray_processes
         );

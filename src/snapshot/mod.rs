@@ -22,6 +22,7 @@ use crate::hooks::{self, HookOutcome, HookSpec, Phase};
 use crate::lifecycle::{
     Action, Event, HookPlan, Lifecycle, Problem, Refusal, Requested, Setup, State, ThawReason,
 };
+use crate::logging::ids;
 use model::{HookReport, MountReport, Snapshot};
 
 /// What the agent needs to run snapshots.
@@ -182,7 +183,8 @@ pub async fn run(
         freeze_enabled: ctx.config.freeze.enabled,
     };
     let (lc, actions) = Lifecycle::start(setup);
-    let span = tracing::info_span!("snapshot", id = %prepared.request.id);
+    // Every record of this snapshot carries its id (journal field QUIESCE_SNAPSHOT_ID).
+    let span = tracing::info_span!("snapshot", snapshot_id = %prepared.request.id);
     let d = Driver {
         snap: initial_snapshot(&prepared),
         ctx,
@@ -206,6 +208,13 @@ impl Driver {
     async fn drive(self, controls: &mut mpsc::Receiver<ControlMsg>) -> Snapshot {
         let mut d = self;
         let mut controls_open = true;
+        tracing::info!(
+            message_id = ids::SNAPSHOT_STARTED,
+            requested = ?d.prepared.request.requested,
+            mounts = d.prepared.discovery.targets.len(),
+            hooks = d.ctx.config.hooks.len(),
+            "snapshot started"
+        );
         loop {
             while let Some(action) = d.pending.pop_front() {
                 d.execute(action).await;
@@ -230,8 +239,10 @@ impl Driver {
             session.finish().await;
         }
         tracing::info!(
+            message_id = ids::SNAPSHOT_FINISHED,
             state = d.snap.state.as_str(),
             consistency = ?d.snap.consistency,
+            frozen_ms = d.snap.frozen_ms,
             "snapshot ended"
         );
         d.snap
@@ -308,7 +319,10 @@ impl Driver {
         );
         let (cancel, rx) = watch::channel(false);
         let exe = self.ctx.exe.clone();
-        let handle = tokio::spawn(async move { hooks::run_hook(&spec, &exe, rx).await });
+        // A span of its own (QUIESCE_HOOK, QUIESCE_PHASE), inside the snapshot's.
+        let span = tracing::info_span!("hook", hook = %h.name, phase = %phase);
+        let handle =
+            tokio::spawn(async move { hooks::run_hook(&spec, &exe, rx).await }.instrument(span));
         self.running = Some(RunningHook {
             hook,
             phase,
@@ -321,8 +335,8 @@ impl Driver {
         let ok = outcome.succeeded();
         let mut output = outcome.output.clone();
         if let Some(why) = outcome.failure() {
+            // The runner has logged it, in the hook's span.
             if !ok {
-                tracing::warn!(hook = %self.ctx.config.hooks[hook].name, %phase, "hook failed: {why}");
                 if !output.is_empty() && !output.ends_with('\n') {
                     output.push('\n');
                 }
@@ -368,7 +382,11 @@ impl Driver {
                 self.session_open = true;
             }
             Err(error) => {
-                tracing::error!("cannot freeze: {error}");
+                tracing::error!(
+                    message_id = ids::FREEZE_FAILED,
+                    phase = "freeze",
+                    "cannot freeze: {error}"
+                );
                 self.extra_errors.push(Problem {
                     reason: "freeze_failed",
                     message: format!("nothing was frozen: {error}"),
