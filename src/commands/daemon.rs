@@ -21,6 +21,7 @@ use crate::agent::Agent;
 use crate::config::{AuthMode, Config, Listen};
 use crate::freezer::records::{self, AgentLock};
 use crate::http::{self, AuthSlot};
+use crate::logging::ids;
 use crate::notify;
 use crate::snapshot::Context;
 
@@ -185,6 +186,7 @@ impl Service {
         let outcome = self.try_reload(&running);
         match &outcome {
             Ok(changes) => tracing::info!(
+                message_id = ids::CONFIG_RELOADED,
                 "configuration reloaded from {}: {}",
                 self.path.display(),
                 changes
@@ -194,6 +196,7 @@ impl Service {
                     tracing::error!("reload: {line}");
                 }
                 tracing::error!(
+                    message_id = ids::CONFIG_RELOAD_REFUSED,
                     "configuration reload refused: the running configuration stays in force"
                 );
             }
