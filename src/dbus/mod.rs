@@ -10,7 +10,7 @@
 //! The connection (zbus honours `DBUS_SYSTEM_BUS_ADDRESS`) is made lazily and kept per thread:
 //! zbus runs its reader task on the tokio runtime it was made on, and the daemon has exactly one
 //! current-thread runtime, so per thread means per runtime. A connection whose runtime is gone
-//! (tests run one runtime per test) would answer nothing.
+//! (tests may run one runtime after another on a thread) would answer nothing: it is replaced.
 
 pub mod logind;
 pub mod scope;
@@ -58,6 +58,8 @@ impl Service {
 #[derive(Default)]
 struct Slot {
     conn: Option<Connection>,
+    /// Closed once the runtime the connection was made on is gone (its holder task dropped).
+    runtime_alive: Option<tokio::sync::oneshot::Receiver<()>>,
     /// When connecting (or the bus) last failed.
     no_bus: Option<Instant>,
     /// When each [`Service`] was last found missing (or refused us).
@@ -128,7 +130,17 @@ fn mark_missing(service: Service, why: &str) {
 /// The system bus connection, made on first use; `None` when there is no (working) bus.
 pub(crate) async fn system_bus() -> Option<Connection> {
     let cached = SLOT.with(|s| {
-        let s = s.borrow();
+        let mut s = s.borrow_mut();
+        let runtime_gone = s.runtime_alive.as_mut().is_some_and(|rx| {
+            matches!(
+                rx.try_recv(),
+                Err(tokio::sync::oneshot::error::TryRecvError::Closed)
+            )
+        });
+        if runtime_gone {
+            s.conn = None;
+            s.runtime_alive = None;
+        }
         if recent(s.no_bus) {
             Err(())
         } else {
@@ -149,7 +161,16 @@ pub(crate) async fn system_bus() -> Option<Connection> {
     match tokio::time::timeout(CALL_TIMEOUT, connect).await {
         Ok(Ok(conn)) => {
             tracing::debug!("connected to the D-Bus system bus");
-            SLOT.with(|s| s.borrow_mut().conn = Some(conn.clone()));
+            let (holder, alive) = tokio::sync::oneshot::channel::<()>();
+            tokio::spawn(async move {
+                let _holder = holder;
+                std::future::pending::<()>().await
+            });
+            SLOT.with(|s| {
+                let mut s = s.borrow_mut();
+                s.conn = Some(conn.clone());
+                s.runtime_alive = Some(alive);
+            });
             Some(conn)
         }
         Ok(Err(e)) => {
