@@ -79,8 +79,10 @@ pub async fn inhibit(snapshot_id: &str) -> Option<Inhibitor> {
             return None;
         }
     };
-    // zbus receives descriptors without MSG_CMSG_CLOEXEC: without this, every hook (spawned
-    // through the helper) would inherit the lock, and a process left running would hold it.
+    // A lock inherited by a hook (spawned through the helper) would be held by any process the
+    // hook leaves running. zvariant hands out an F_DUPFD_CLOEXEC copy today (the socket's own
+    // copy is received without MSG_CMSG_CLOEXEC and closed with the message); set it here so
+    // that this stays a guarantee, not a detail of the dependency.
     if let Err(e) = fcntl(&fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)) {
         tracing::info!(snapshot = %snapshot_id, "inhibitor lock not taken: cannot set close-on-exec: {e}");
         return None;
