@@ -193,11 +193,12 @@ fn the_inhibitor_spans_the_first_pre_hook_to_the_last_post_hook() {
     let mocks = Mocks::serve(&bus, true, false);
     let d = daemon(&cfg, &bus.address);
     let snap = snapshot(&d);
+    // Killed when the test ends, pass or fail, and only then: until then it would hold a
+    // leaked lock open.
+    let _leftover = KillOnDrop(read_pid(&leftover));
     assert_eq!(snap["state"], "succeeded", "{snap}");
     assert_eq!(snap["errors"], serde_json::json!([]), "{snap}");
     let lock = released_lock(&mocks);
-    let pid = fs::read_to_string(&leftover).unwrap();
-    let _ = common::run_status("kill", &[pid.trim()]);
     assert_lock_spans(&lock, snap["id"].as_str().unwrap(), &log, 4);
 }
 
@@ -249,6 +250,15 @@ fn the_inhibitor_is_released_after_the_post_hooks_on_daemon_shutdown() {
     assert_eq!(d.wait_exit(Duration::from_secs(20)), 0);
     let lock = released_lock(&mocks);
     assert_lock_spans(&lock, &id, &log, 2);
+}
+
+/// SIGKILLs a process the test made when dropped.
+struct KillOnDrop(i32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = common::run_status("kill", &["-9", &self.0.to_string()]);
+    }
 }
 
 /// Whether `pid` is gone or a zombie.
