@@ -15,6 +15,7 @@ pub mod cli;
 pub mod client;
 pub mod commands;
 pub mod config;
+pub mod dbus;
 pub mod duration;
 pub mod freezer;
 pub mod hooks;

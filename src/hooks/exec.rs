@@ -47,6 +47,11 @@ pub struct HookExecArgs {
     /// Treat end-of-file on stdin as a cancellation (the runner holds the pipe's other end).
     #[arg(long)]
     pub cancel_on_eof: bool,
+    /// Start the hook only once a `g` byte arrives on stdin (the runner first moves this process
+    /// into the hook's scope unit); end-of-file or a cancelling signal before it means the hook
+    /// never starts.
+    #[arg(long)]
+    pub wait_go: bool,
     /// The hook's executable and its arguments.
     #[arg(last = true, required = true, value_name = "ARGV")]
     pub argv: Vec<OsString>,
@@ -98,6 +103,14 @@ fn run(args: &HookExecArgs) -> HelperReport {
     };
     if args.argv.is_empty() {
         report.error = Some("hook helper: empty command".to_owned());
+        return report;
+    }
+
+    // Before the hook exists: whatever cgroup this process is moved to meanwhile, the hook and
+    // all it forks are born in.
+    if args.wait_go && !wait_for_go(&sigfd) {
+        report.cancelled = true;
+        report.error = Some("cancelled before it started".to_owned());
         return report;
     }
 
@@ -287,6 +300,44 @@ fn wait_for_hook(
         let wake = wait_events(sigfd, &mut watch, deadline - now);
         if wake.cancel {
             return WaitEnd::Cancelled;
+        }
+    }
+}
+
+/// Blocks until the runner's go byte (`g`) arrives on stdin: true; false on end-of-file, an
+/// unreadable stdin or a cancelling signal. Other bytes are ignored.
+fn wait_for_go(sigfd: &SignalFd) -> bool {
+    let stdin = io::stdin();
+    let fd = stdin.as_fd();
+    loop {
+        let mut fds = [
+            PollFd::new(sigfd.as_fd(), PollFlags::POLLIN),
+            PollFd::new(fd, PollFlags::POLLIN),
+        ];
+        match nix::poll::poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(_) => return false,
+        }
+        let ready = |f: &PollFd<'_>| f.revents().is_some_and(|r| !r.is_empty());
+        let (signalled, readable) = (ready(&fds[0]), ready(&fds[1]));
+        if signalled {
+            while let Ok(Some(info)) = sigfd.read_signal() {
+                if [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP]
+                    .iter()
+                    .any(|s| *s as i32 == info.ssi_signo as i32)
+                {
+                    return false;
+                }
+            }
+        }
+        if readable {
+            let mut byte = [0u8; 1];
+            match nix::unistd::read(fd, &mut byte) {
+                Ok(0) => return false,
+                Ok(_) if byte[0] == b'g' => return true,
+                Ok(_) | Err(Errno::EAGAIN) | Err(Errno::EINTR) => {}
+                Err(_) => return false,
+            }
         }
     }
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 use tokio::sync::watch;
 
@@ -15,6 +15,7 @@ use super::capture::{Capture, LogItem};
 use super::exec::KILL_WAIT;
 use super::protocol::{HelperEvent, HelperReport};
 use super::{HookOutcome, HookSpec, OUTPUT_TAIL_BYTES};
+use crate::dbus::scope::{self, Scope};
 
 /// After the helper exits, output still in the pipe is read for this long; a process the hook
 /// left running may hold the pipe open forever.
@@ -57,6 +58,7 @@ pub async fn run_hook(
         .arg(format!("--timeout-ms={}", millis_ceil(spec.timeout)))
         .arg(format!("--grace-ms={}", millis_ceil(spec.kill_grace)))
         .arg("--cancel-on-eof")
+        .arg("--wait-go")
         .arg("--")
         .args(&spec.argv)
         // Through the helper's own environment, which it passes on: values never show up in
@@ -80,8 +82,21 @@ pub async fn run_hook(
         }
     };
     let helper = child.id().map(|pid| Pid::from_raw(pid as i32));
-    // Never written: its end-of-file (this future dropped, the agent dead) cancels the run.
-    let _liveness = child.stdin.take();
+    // The helper waits for the go byte before it starts the hook, so the scope (when systemd
+    // gives one) holds the hook's whole tree from its first process. Bounded: no bus or no
+    // systemd costs nothing measurable, a bus that does not answer at most a few seconds once.
+    let scope = match child.id() {
+        Some(pid) => start_scope(spec, pid).await,
+        None => None,
+    };
+    // Written once (the go byte), then never again: its end-of-file (this future dropped, the
+    // agent dead) cancels the run; closed instead of go when cancelled meanwhile.
+    let mut liveness = child.stdin.take();
+    if *cancel.borrow() {
+        liveness = None;
+    } else if let Some(stdin) = liveness.as_mut() {
+        let _ = stdin.write_all(b"g").await;
+    }
     let (Some(stdout), Some(mut stderr)) = (child.stdout.take(), child.stderr.take()) else {
         unreachable!("both pipes were requested");
     };
@@ -166,6 +181,19 @@ pub async fn run_hook(
         }
     }
 
+    // The tree had to be stopped (or its helper was lost): the cgroup reaches whatever the
+    // helper could not. A hook that ended by itself keeps what it left running (see the module
+    // doc), and systemd drops its scope once that is gone too.
+    let stopped = report
+        .as_ref()
+        .is_none_or(|r| r.timed_out || r.cancelled || r.error.is_some());
+    if let Some(scope) = &scope {
+        if stopped {
+            scope.kill().await;
+        }
+    }
+    drop(liveness);
+
     let mut outcome = HookOutcome {
         output: capture.tail_text(),
         output_bytes: capture.total(),
@@ -202,6 +230,22 @@ pub async fn run_hook(
     }
     log_outcome(spec, &outcome);
     outcome
+}
+
+/// Creates the run's scope unit around the helper (see [`crate::dbus::scope`]).
+async fn start_scope(spec: &HookSpec, helper_pid: u32) -> Option<Scope> {
+    let snapshot = spec
+        .vars
+        .iter()
+        .find(|(k, _)| k == "QUIESCE_SNAPSHOT_ID")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_else(crate::agent::new_id);
+    let name = scope::unit_name(&snapshot, &spec.name, spec.phase);
+    let description = format!(
+        "quiesce {} hook {} of snapshot {snapshot}",
+        spec.phase, spec.name
+    );
+    scope::start(&name, helper_pid, &description).await
 }
 
 /// Records one line of the helper's stdout; anything unparsable is ignored (the missing result
