@@ -16,8 +16,8 @@ done
 crate_version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 version=${version:-$crate_version}
 
-CARGO_DEB_VERSION=3.6.3
-CARGO_RPM_VERSION=0.20.0
+CARGO_DEB_VERSION=3.8.0
+CARGO_RPM_VERSION=0.21.1
 need_install=()
 cargo deb --version >/dev/null 2>&1 || need_install+=("cargo-deb@$CARGO_DEB_VERSION")
 cargo generate-rpm --version >/dev/null 2>&1 || need_install+=("cargo-generate-rpm@$CARGO_RPM_VERSION")

@@ -25,12 +25,22 @@ echo "== cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
 echo "== cargo test"
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+pkglog=$(mktemp)
+trap 'rm -f "$log" "$pkglog"' EXIT
 set +e
 cargo test --locked --lib --bins --tests "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
+# The packages, built and installed for real (slower: a release build and a Debian root).
+# QUIESCE_SKIP_PACKAGES=1 leaves them out of a quick local run; CI always runs them.
+pkg_status=0
+if [ "${QUIESCE_SKIP_PACKAGES:-0}" != 1 ] || [ "${CI:-}" = true ]; then
+  echo "== tests/packages/run.sh"
+  tests/packages/run.sh 2>&1 | tee "$pkglog"
+  pkg_status=${PIPESTATUS[0]}
+fi
 set -e
-# One closing line with the totals of every test binary.
+# One closing line with the totals of every test binary and of the package checks.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
-     END { printf "%d passed, %d failed\n", p, f }' "$log"
-exit "$status"
+     /^[0-9]+ passed, [0-9]+ failed$/ && FILENAME != ARGV[1] { p += $1; f += $3 }
+     END { printf "%d passed, %d failed\n", p, f }' "$log" "$pkglog"
+[ "$status" -eq 0 ] && [ "$pkg_status" -eq 0 ]

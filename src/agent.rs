@@ -203,8 +203,14 @@ impl Agent {
         let metrics = self.metrics.clone();
         metrics.set_active(true);
         let run = snapshot::run(ctx, prepared, rx, report_tx);
+        let id = initial.id.clone();
         let task = tokio::spawn(async move {
+            // A logind inhibitor lock from before the first pre hook until the last post hook
+            // has ended (`run` returns only then), so that no reboot or suspend cuts the
+            // snapshot in half. `None` where there is no bus or no logind.
+            let inhibitor = crate::dbus::logind::inhibit(&id).await;
             let end = run.await;
+            drop(inhibitor);
             metrics.snapshot_ended(&end);
             metrics.set_frozen(false);
             metrics.set_active(false);

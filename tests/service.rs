@@ -405,12 +405,17 @@ fn sighup_while_frozen_leaves_the_running_snapshot_on_its_configuration() {
     require_root();
     let dir = scratch_dir();
     let s = scene("30s", &logging_hook(dir.path()));
-    let mut d = Daemon::start(&s.config);
+    let mut notify = NotifySocket::bind(dir.path());
+    let sock = notify.path.to_str().unwrap().to_string();
+    let mut d = Daemon::start_with_env(&s.config, &[("NOTIFY_SOCKET", &sock)]);
+    notify.expect("READY=1", Duration::from_secs(5));
     let id = start_snapshot(&d);
     wait_state(&d, &id, "frozen");
     set_hooks(&s, "[]");
     d.signal("HUP");
-    d.wait_log("configuration reloaded", Duration::from_secs(5));
+    // While frozen the log waits in memory: the reload's end shows on the notify socket.
+    notify.expect("RELOADING=1", Duration::from_secs(5));
+    notify.expect("READY=1", Duration::from_secs(5));
     assert!(is_frozen(&s.fs.mount), "a reload must not thaw");
     let (code, _) = d.call(
         "POST",
@@ -420,6 +425,7 @@ fn sighup_while_frozen_leaves_the_running_snapshot_on_its_configuration() {
     assert_eq!(code, 200);
     let done = wait_state(&d, &id, "done");
     assert_eq!(done["consistency"], "application", "{done}");
+    d.wait_log("configuration reloaded", Duration::from_secs(5));
     // The snapshot's post hook came from the configuration it started with...
     assert_eq!(hook_log(dir.path()), "pre -\npost host\n");
     // ...and the next one runs none.

@@ -139,6 +139,7 @@ normalize() {
   sed -e 's|^/lib/|/usr/lib/|' -e 's|\.gz$||' -e 's|/zsh/vendor-completions/|/zsh/site-functions/|' \
       -e 's|^/usr/share/doc/quiesce/copyright$|/usr/share/licenses/quiesce/LICENSE|' \
       -e 's|^/usr/share/doc/quiesce/changelog\.Debian$||' -e 's|^/usr/share/doc/quiesce/examples/config.yaml$||' \
+      -e 's|^/usr/share/doc/quiesce/changelog$|/usr/share/doc/quiesce/CHANGELOG.md|' -e 's|^/usr/share/lintian/.*||' \
     | grep -v '/$' | grep . | sort -u
 }
 normalize < "$work/deb-files.txt" > "$work/deb-norm.txt"
