@@ -1,0 +1,168 @@
+#!/usr/bin/env bash
+# bench-stall.sh: the longest write stall applications see during a snapshot, for quiesce (its
+# HTTP API), util-linux fsfreeze, the QEMU guest agent and the kernel's floor (syncfs then
+# parallel FIFREEZE from one process), on the same K loop filesystems, in the same run,
+# alternating (scripts/bench/stall.py says what each freezer does).
+#
+# Creates K loop filesystems (ext4 and xfs in turn) in a temporary directory, starts a quiesce
+# daemon (auth none on loopback, restricted to them) and qemu-ga on a unix socket (no fsfreeze
+# hook), and runs R rounds for each dirty-data size (default 0 and 256 MiB) with a hold of H ms.
+# Prints a markdown table (median and min-max per freezer), with --markdown FILE also into FILE,
+# and keeps the raw JSON lines with --keep FILE.
+#
+# qemu-ga's guest-fsfreeze-thaw thaws every frozen mount of the machine: run nothing else that
+# freezes meanwhile. Safety: only the loop mounts made here are ever frozen (never /, /work or
+# /tmp); the EXIT trap stops the daemon and qemu-ga, thaws, unmounts and detaches our devices.
+# Needs root; installs qemu-guest-agent and xfsprogs when missing (--no-install to skip).
+#
+# Usage: sudo scripts/bench-stall.sh [--mounts K] [--runs R] [--dirty-mib "0 256"] [--hold-ms H]
+#                                    [--freezers quiesce,fsfreeze,qga,floor] [--quiesce PATH]
+#                                    [--markdown FILE] [--keep FILE] [--no-install]
+set -euo pipefail
+export LC_ALL=C
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BENCH="$REPO/scripts/bench"
+QUIESCE="${QUIESCE:-$REPO/target/release/quiesce}"
+K=4
+RUNS=7
+DIRTY="0 256"
+HOLD=0
+FREEZERS=quiesce,fsfreeze,qga,floor
+IMG_MIB=1024
+MARKDOWN=""
+KEEP=""
+INSTALL=1
+
+usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
+die() { echo "bench-stall: $*" >&2; exit 1; }
+say() { echo "==> $*" >&2; }
+
+while (($#)); do
+    case $1 in
+        --mounts) K=${2:?}; shift 2 ;;
+        --runs) RUNS=${2:?}; shift 2 ;;
+        --dirty-mib) DIRTY=${2:?}; shift 2 ;;
+        --hold-ms) HOLD=${2:?}; shift 2 ;;
+        --freezers) FREEZERS=${2:?}; shift 2 ;;
+        --quiesce) QUIESCE=${2:?}; shift 2 ;;
+        --markdown) MARKDOWN=$(realpath -m -- "${2:?}"); shift 2 ;;
+        --keep) KEEP=$(realpath -m -- "${2:?}"); shift 2 ;;
+        --no-install) INSTALL=0; shift ;;
+        -h|--help) usage; exit 0 ;;
+        *) usage >&2; exit 2 ;;
+    esac
+done
+[[ $EUID -eq 0 ]] || die "must run as root (loop devices, FIFREEZE): sudo $0"
+[[ -x $QUIESCE ]] || die "no quiesce binary at $QUIESCE: run 'cargo build --release' first"
+QUIESCE=$(realpath -- "$QUIESCE")
+need=()
+command -v mkfs.xfs >/dev/null || need+=(xfsprogs)
+[[ $FREEZERS != *qga* ]] || command -v qemu-ga >/dev/null || need+=(qemu-guest-agent)
+if ((${#need[@]})); then
+    ((INSTALL)) || die "missing: ${need[*]}"
+    say "apt-get install ${need[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+pgrep -x qemu-ga >/dev/null && die "a qemu-ga is already running: its thaw would touch ours"
+
+WORK=$(mktemp -d /tmp/quiesce-bench-stall.XXXXXX)
+source "$BENCH/loopfs.sh"
+MOUNTS=()
+IMAGES=()
+DPID=""
+QPID=""
+cleanup() {
+    set +e
+    trap - EXIT INT TERM
+    [[ -n $DPID ]] && { kill -TERM "$DPID"; wait "$DPID"; }
+    [[ -n $QPID ]] && { kill -TERM "$QPID"; wait "$QPID"; }
+    local m img dev
+    for m in "${MOUNTS[@]}"; do mountpoint -q "$m" && fsfreeze -u "$m" 2>/dev/null; done
+    for m in "${MOUNTS[@]}"; do mountpoint -q "$m" && { umount "$m" || umount -l "$m"; }; done
+    for img in "${IMAGES[@]}"; do
+        for dev in $(losetup -j "$img" -O NAME -n); do losetup -d "$dev"; done
+    done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT INT TERM
+
+say "$K loop filesystems in $WORK"
+for ((i = 0; i < K; i++)); do
+    fs=ext4
+    ((i % 2)) && fs=xfs
+    name=$(printf "\\x$(printf %x $((97 + i)))")
+    IMAGES+=("$WORK/$name.img")
+    MOUNTS+=("$WORK/mnt/$name")
+    make_fs "$name" "$fs" >/dev/null
+done
+refuse_unless_own_loop "${MOUNTS[@]}"
+
+port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+mounts_yaml=$(printf '"%s", ' "${MOUNTS[@]}")
+cat >"$WORK/config.yaml" <<EOF
+listen: 127.0.0.1:$port
+state_dir: $WORK/state
+auth: {mode: none}
+freeze:
+  timeout: 30s
+  include_mounts: [${mounts_yaml%, }]
+hooks: []
+EOF
+if [[ $FREEZERS == *quiesce* ]]; then
+    QUIESCE_LOG_TARGET=stderr "$QUIESCE" daemon --config "$WORK/config.yaml" 2>"$WORK/daemon.log" &
+    DPID=$!
+    for _ in $(seq 100); do grep -q "listening on" "$WORK/daemon.log" && break; sleep 0.05; done
+    grep -q "listening on" "$WORK/daemon.log" || die "the daemon did not start: $(cat "$WORK/daemon.log")"
+fi
+if [[ $FREEZERS == *qga* ]]; then
+    mkdir -p "$WORK/qga"
+    qemu-ga -m unix-listen -p "$WORK/qga.sock" -t "$WORK/qga" -f "$WORK/qga.pid" 2>"$WORK/qga.log" &
+    QPID=$!
+    for _ in $(seq 100); do [[ -S $WORK/qga.sock ]] && break; sleep 0.05; done
+    [[ -S $WORK/qga.sock ]] || die "qemu-ga did not start: $(cat "$WORK/qga.log")"
+fi
+
+RAW="$WORK/raw.jsonl"
+for d in $DIRTY; do
+    say "dirty $d MiB, hold $HOLD ms, $RUNS rounds of: $FREEZERS"
+    python3 "$BENCH/stall.py" --mounts "${MOUNTS[@]}" --runs "$RUNS" --dirty-mib "$d" \
+        --hold-ms "$HOLD" --freezers "$FREEZERS" --quiesce-url "http://127.0.0.1:$port" \
+        --qga-socket "$WORK/qga.sock" | tee -a "$RAW" >&2
+done
+[[ -n $KEEP ]] && cp "$RAW" "$KEEP"
+
+python3 - "$RAW" "$K" "$HOLD" >"$WORK/table.md" <<'PY'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+k, hold = sys.argv[2], sys.argv[3]
+def fmt(xs):
+    return f"{statistics.median(xs):.0f} ({min(xs):.0f}-{max(xs):.0f})"
+print(f"{k} loop filesystems (ext4 and xfs in turn), hold {hold} ms; median (min-max) over the runs, ms\n")
+print("| dirty MiB | freezer | longest writer stall | time to all frozen | time to thaw | window |")
+print("| --- | --- | --- | --- | --- | --- |")
+medians = {}
+for d in sorted({r["dirty_mib"] for r in rows}):
+    for f in ["quiesce", "fsfreeze", "qga", "floor"]:
+        rs = [r for r in rows if r["dirty_mib"] == d and r["freezer"] == f]
+        if not rs:
+            continue
+        stall = [r["longest_stall_ms"] for r in rs]
+        medians[(d, f)] = statistics.median(stall)
+        print(f"| {d} | {f} | {fmt(stall)} | {fmt([r['to_frozen_ms'] for r in rs])} | "
+              f"{fmt([r['to_thawed_ms'] for r in rs])} | {fmt([r['window_ms'] for r in rs])} |")
+print()
+for d in sorted({r["dirty_mib"] for r in rows}):
+    q = medians.get((d, "quiesce"))
+    parts = []
+    for other, target in (("qga", 0.5), ("floor", 1.2), ("fsfreeze", None)):
+        o = medians.get((d, other))
+        if q and o:
+            verdict = "" if target is None else (" (target <= %.1fx: %s)" % (target, "met" if q / o <= target else "MISSED"))
+            parts.append(f"{q / o:.2f}x {other}{verdict}")
+    if parts:
+        print(f"- dirty {d} MiB: quiesce's longest stall is " + ", ".join(parts))
+PY
+cat "$WORK/table.md"
+[[ -n $MARKDOWN ]] && cp "$WORK/table.md" "$MARKDOWN"
+exit 0
