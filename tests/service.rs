@@ -432,3 +432,30 @@ fn sighup_while_frozen_leaves_the_running_snapshot_on_its_configuration() {
     assert_eq!(cycle(&d)["hooks"], serde_json::json!([]));
     assert_eq!(hook_log(dir.path()), "pre -\npost host\n");
 }
+
+#[test]
+fn a_service_manager_that_never_reads_its_socket_never_blocks_a_snapshot() {
+    require_root();
+    let s = scene("30s", "[]");
+    // Bound, never read: its queue fills after a few dozen datagrams and a blocking send
+    // would then wait forever.
+    let path = s.dir.path().join("deaf.sock");
+    let _deaf = UnixDatagram::bind(&path).unwrap();
+    let d = Daemon::start_with_env(
+        &s.config,
+        &[
+            ("NOTIFY_SOCKET", path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "20000"),
+        ],
+    );
+    let t = Instant::now();
+    for _ in 0..40 {
+        let done = cycle(&d);
+        assert_eq!(done["state"], "succeeded", "{done}");
+    }
+    assert!(
+        t.elapsed() < Duration::from_secs(30),
+        "40 cycles took {:?}",
+        t.elapsed()
+    );
+}
