@@ -13,9 +13,9 @@
 //! Needs root and `apt-get install postgresql mariadb-server`; fails (never skips) without.
 //! Freezes only the loop filesystems it made.
 
-mod common;
 #[path = "common/apps.rs"]
 mod apps;
+mod common;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -106,11 +106,7 @@ impl Ran {
             "{what}: stderr lacks {reason:?}: {}",
             self.stderr
         );
-        assert!(
-            self.stdout.is_empty(),
-            "{what}: stdout: {:?}",
-            self.stdout
-        );
+        assert!(self.stdout.is_empty(), "{what}: stdout: {:?}", self.stdout);
         self
     }
 }
@@ -256,7 +252,10 @@ fn assert_rows(what: &str, answer: &str, at_least: u64) -> u64 {
         .map(|s| s.trim().parse().unwrap_or(0))
         .collect();
     let (count, max) = (nums[0], nums[1]);
-    assert_eq!(count, max, "{what}: rows 1..={max} are not all there ({count} rows)");
+    assert_eq!(
+        count, max,
+        "{what}: rows 1..={max} are not all there ({count} rows)"
+    );
     assert!(
         max >= at_least,
         "{what}: {max} rows, but {at_least} were committed before the snapshot was asked for"
@@ -299,7 +298,10 @@ fn postgresql_checkpoint_snapshot_restores_every_committed_row() {
     let PgScene { mut pg, fs, dir } = pg_scene(&[]);
     let hook = install_hook(dir.path(), "postgresql");
     let mut env = pg.env();
-    env.push(("HOOK_STATE_DIR".into(), dir.path().join("hs").display().to_string()));
+    env.push((
+        "HOOK_STATE_DIR".into(),
+        dir.path().join("hs").display().to_string(),
+    ));
     let cfg = config(dir.path(), &fs.mount, "pg", &hook, &env);
     let d = Daemon::start(&cfg);
 
@@ -396,7 +398,10 @@ fn postgresql_labelled_backup_restores_from_its_label_and_the_archive() {
         &format!("LABEL: quiesce snapshot {id}\n"),
         "START TIMELINE: 1\n",
     ] {
-        assert!(label.contains(want), "{want:?} missing in the label:\n{label}");
+        assert!(
+            label.contains(want),
+            "{want:?} missing in the label:\n{label}"
+        );
     }
     assert!(
         !labels.join(id).join("tablespace_map").exists(),
@@ -537,7 +542,8 @@ fn postgresql_hook_alone_idempotent_post_failures_and_the_holders_bound() {
         "{}",
         pg.log_text()
     );
-    run_hook(&hook, "post", &benv).assert_failed("post after the bound", "aborted by its 2 s bound");
+    run_hook(&hook, "post", &benv)
+        .assert_failed("post after the bound", "aborted by its 2 s bound");
     assert!(!labels.join("s2").exists());
     run_hook(&hook, "post", &benv).assert_ok("post after the failed post");
 
@@ -583,11 +589,18 @@ fn mariadb_snapshot_blocks_writes_under_the_lock_and_restores_every_committed_ro
     let fs = LoopFs::create(dir.path(), "my", Fs::Ext4, 256);
     let data = fs.path("mysql");
     Maria::install(&data);
-    let mut m = Maria::start(&data, &dir.path().join("mysock"), &dir.path().join("my.log"));
+    let mut m = Maria::start(
+        &data,
+        &dir.path().join("mysock"),
+        &dir.path().join("my.log"),
+    );
     maria_tables(&m);
     let hook = install_hook(dir.path(), "mariadb");
     let mut env = m.env();
-    env.push(("HOOK_STATE_DIR".into(), dir.path().join("hs").display().to_string()));
+    env.push((
+        "HOOK_STATE_DIR".into(),
+        dir.path().join("hs").display().to_string(),
+    ));
     let cfg = config(dir.path(), &fs.mount, "mariadb", &hook, &env);
     let d = Daemon::start(&cfg);
 
@@ -609,7 +622,13 @@ fn mariadb_snapshot_blocks_writes_under_the_lock_and_restores_every_committed_ro
     let (pre, post) = (hook_run(&taken.done, "pre"), hook_run(&taken.done, "post"));
     assert_eq!(pre["exit_code"], 0, "{pre}");
     assert_eq!(post["exit_code"], 0, "{post}");
-    assert!(pre["output"].as_str().unwrap().starts_with("tables flushed and locked"), "{pre}");
+    assert!(
+        pre["output"]
+            .as_str()
+            .unwrap()
+            .starts_with("tables flushed and locked"),
+        "{pre}"
+    );
     // Writes resume after post.
     let t = Instant::now();
     w.wait_for(blocked_at + 50, Duration::from_secs(20));
@@ -657,7 +676,11 @@ fn mariadb_hook_alone_blocks_writes_releases_on_post_and_by_its_bound() {
     open_dir(dir.path());
     let data = dir.path().join("mysql");
     Maria::install(&data);
-    let m = Maria::start(&data, &dir.path().join("mysock"), &dir.path().join("my.log"));
+    let m = Maria::start(
+        &data,
+        &dir.path().join("mysock"),
+        &dir.path().join("my.log"),
+    );
     maria_tables(&m);
     let hook = install_hook(dir.path(), "mariadb");
     let mut env = m.env();
@@ -714,7 +737,10 @@ fn mariadb_hook_alone_blocks_writes_releases_on_post_and_by_its_bound() {
 
     // Failures: no server, a bad setting.
     let bad = env_of(&[
-        ("MARIADB_SOCKET", dir.path().join("nosuch.sock").to_str().unwrap()),
+        (
+            "MARIADB_SOCKET",
+            dir.path().join("nosuch.sock").to_str().unwrap(),
+        ),
         ("HOOK_STATE_DIR", dir.path().join("hs").to_str().unwrap()),
         ("MARIADB_LOCK_WAIT", "2"),
     ]);
@@ -795,7 +821,10 @@ fn systemd_service_hook_against_a_fake_systemctl() {
     set("off.service", "inactive");
     let r = run_hook(&hook, "pre", &base);
     r.assert_ok("pre");
-    assert_eq!(r.stdout.trim(), "stopped: a.service b.service (not active, left alone: off.service)");
+    assert_eq!(
+        r.stdout.trim(),
+        "stopped: a.service b.service (not active, left alone: off.service)"
+    );
     assert_eq!(unit_state(&fake, "a.service"), "inactive");
     assert_eq!(unit_state(&fake, "b.service"), "inactive");
     fs::remove_file(fake.join("log")).unwrap();
@@ -816,7 +845,11 @@ fn systemd_service_hook_against_a_fake_systemctl() {
     assert_eq!(unit_state(&fake, "a.service"), "frozen");
     run_hook(&hook, "post", &fenv).assert_ok("thaw post");
     assert_eq!(unit_state(&fake, "a.service"), "active");
-    assert_eq!(unit_state(&fake, "b.service"), "frozen", "thawed a unit someone else froze");
+    assert_eq!(
+        unit_state(&fake, "b.service"),
+        "frozen",
+        "thawed a unit someone else froze"
+    );
     set("b.service", "active");
 
     // A stop that fails: pre fails with the unit named, and post still brings back every
@@ -893,7 +926,10 @@ fn container_hook_against_fake_podman_and_docker() {
             r.stdout.trim(),
             format!("paused with {runtime}: web db (left alone: stopped=exited theirs=paused)")
         );
-        assert_eq!((state("web"), state("db")), ("paused".into(), "paused".into()));
+        assert_eq!(
+            (state("web"), state("db")),
+            ("paused".into(), "paused".into())
+        );
         let log = fs::read_to_string(fake.join("log")).unwrap();
         assert!(
             log.lines().all(|l| l.starts_with(runtime)),
@@ -902,8 +938,15 @@ fn container_hook_against_fake_podman_and_docker() {
         let r = run_hook(&hook, "post", &env);
         r.assert_ok("post");
         assert_eq!(r.stdout.trim(), format!("unpaused with {runtime}: db web"));
-        assert_eq!((state("web"), state("db")), ("running".into(), "running".into()));
-        assert_eq!(state("theirs"), "paused", "unpaused a container someone else paused");
+        assert_eq!(
+            (state("web"), state("db")),
+            ("running".into(), "running".into())
+        );
+        assert_eq!(
+            state("theirs"),
+            "paused",
+            "unpaused a container someone else paused"
+        );
         run_hook(&hook, "post", &env).assert_ok("second post");
     }
 

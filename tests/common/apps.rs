@@ -46,7 +46,10 @@ fn uid_gid(user: &str) -> (u32, u32) {
 
 /// `chown -R USER PATH`.
 pub fn chown(user: &str, path: &Path) {
-    run("chown", &["-R", &format!("{user}:"), path.to_str().unwrap()]);
+    run(
+        "chown",
+        &["-R", &format!("{user}:"), path.to_str().unwrap()],
+    );
 }
 
 /// Lets the servers' users walk into `dir` (scratch directories are 0700).
@@ -72,7 +75,10 @@ fn stop_child(child: &mut Child, sig: &str, within: Duration) {
         }
         thread::sleep(Duration::from_millis(50));
     }
-    eprintln!("server {} did not stop within {within:?}: SIGKILL", child.id());
+    eprintln!(
+        "server {} did not stop within {within:?}: SIGKILL",
+        child.id()
+    );
     let _ = child.kill();
     let _ = child.wait();
 }
@@ -329,7 +335,10 @@ impl Maria {
         let child = Command::new(MARIADBD)
             .args(mariadb_options(data))
             .arg(format!("--socket={}", sock.display()))
-            .arg(format!("--pid-file={}", sock_dir.join("mysqld.pid").display()))
+            .arg(format!(
+                "--pid-file={}",
+                sock_dir.join("mysqld.pid").display()
+            ))
             .arg("--skip-networking")
             .arg(format!("--log-error={}", log.display()))
             .stdin(Stdio::null())
@@ -392,9 +401,11 @@ impl Maria {
     /// A client session reading statements from its stdin.
     pub fn session(&self) -> Command {
         let mut cmd = Command::new("mariadb");
-        cmd.arg("--socket")
-            .arg(&self.sock)
-            .args(["--batch", "--skip-column-names", "--unbuffered"]);
+        cmd.arg("--socket").arg(&self.sock).args([
+            "--batch",
+            "--skip-column-names",
+            "--unbuffered",
+        ]);
         cmd
     }
 
