@@ -109,7 +109,7 @@ pub fn extend_stop_timeout(more: Duration) {
 /// `None` when the unit has no watchdog for this process (`WATCHDOG_PID` names another).
 pub fn watchdog_interval() -> Option<Duration> {
     let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
-    if let Some(pid) = std::env::var("WATCHDOG_PID").ok() {
+    if let Ok(pid) = std::env::var("WATCHDOG_PID") {
         if pid.parse::<u32>().ok()? != std::process::id() {
             return None;
         }
