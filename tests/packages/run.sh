@@ -100,8 +100,18 @@ check "man pages and completions" sh -c "
   test -f $root/usr/share/bash-completion/completions/quiesce &&
   test -f $root/usr/share/zsh/vendor-completions/_quiesce &&
   test -f $root/usr/share/fish/vendor_completions.d/quiesce.fish"
+check "the application hooks: /usr/share/quiesce/hooks, 755 root" sh -c "
+  for h in postgresql mariadb systemd-service container; do
+    [ \"\$(stat -c '%a %U' $root/usr/share/quiesce/hooks/\$h)\" = '755 root' ] || exit 1
+  done"
 # The shipped configuration with the generated key is one the daemon accepts.
 check "check-config accepts the shipped config and key" in_root quiesce check-config --config /etc/quiesce/config.yaml
+# And with a drop-in that uses a shipped hook (the hook path and permission walk included).
+printf 'hooks:\n  - name: postgresql\n    pre: [/usr/share/quiesce/hooks/postgresql, pre]\n    post: [/usr/share/quiesce/hooks/postgresql, post]\n' \
+  > "$root/etc/quiesce/config.d/postgresql.yaml"
+check "check-config accepts a drop-in with a shipped hook" sh -c "
+  chroot $root quiesce check-config --config /etc/quiesce/config.yaml | grep -q /usr/share/quiesce/hooks/postgresql"
+rm "$root/etc/quiesce/config.d/postgresql.yaml"
 key_before=$(cat "$root/etc/quiesce/host.key")
 
 echo "== upgrade to $bumped with an edited configuration"
