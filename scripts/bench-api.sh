@@ -19,7 +19,7 @@
 #      wakeups (context switches) over idle windows: right after start, then right after the
 #      runs and in the following window (the first after any request includes the exit of
 #      tokio's idle blocking-pool thread, 10 s after its last use).
-# Every timed freeze starts after 0.2 s of idleness (docs/benchmarks.md: RCU).
+# Every timed freeze starts after 0.2 s of idleness (docs/BENCHMARKS.md: RCU).
 # Prints a table on stdout; with --markdown FILE also writes it as a markdown section.
 #
 # Safety: it freezes nothing but the loop mounts it created (never /, /work or /tmp), changes no
@@ -39,7 +39,7 @@ QUIESCE="${QUIESCE:-$REPO/target/release/quiesce}"
 RUNS=20            # runs of each timed measurement
 IDLE=10            # seconds of each idle window (CPU, wakeups)
 PROBES=3           # snapshots during which the watchdog is read
-GAP=0.2            # idle seconds before every timed freeze (see docs/benchmarks.md: RCU)
+GAP=0.2            # idle seconds before every timed freeze (see docs/BENCHMARKS.md: RCU)
 IMG_MIB=1024       # sparse image size of each filesystem (xfs needs >= 300 MiB)
 SECOND_FS=xfs
 MARKDOWN=""

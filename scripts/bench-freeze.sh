@@ -34,7 +34,7 @@ STALL_RUNS=5       # part 2: runs per variant (with / without pre-flush), altern
 DIRTY_MIB=256      # part 2: dirty data written right before the freeze
 WRITER_SECONDS=3   # part 2: how long the appender runs
 WRITER_INTERVAL_MS=1
-GAP=0.2            # idle seconds before every timed freeze (see docs/benchmarks.md: RCU)
+GAP=0.2            # idle seconds before every timed freeze (see docs/BENCHMARKS.md: RCU)
 IMG_MIB=1024       # sparse image size of each filesystem (xfs needs >= 300 MiB)
 SECOND_FS=xfs
 MARKDOWN=""

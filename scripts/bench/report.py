@@ -168,7 +168,7 @@ def main():
     o.h(f"1. Freeze+thaw of two idle mounts (A {fs_a}, B {fs_b})")
     gap = dict(kv.split("=", 1) for kv in fd.get("settings", "").split() if "=" in kv).get("gap", "?")
     o.p(f"All times in ms. Every timed run starts after an idle gap of {gap}, so that no run "
-        "profits from the previous thaw (see docs/benchmarks.md, RCU); the last row shows what "
+        "profits from the previous thaw (see docs/BENCHMARKS.md, RCU); the last row shows what "
         "happens without it.")
     t = Table(["measurement", "median", "p90", "min", "max", "n"])
 
