@@ -22,6 +22,7 @@ CYCLES=1000
 CHECK_EVERY=100
 IDLE=60
 READY_RUNS=20
+# shellcheck disable=SC2034 # read by loopfs.sh
 IMG_MIB=128
 MARKDOWN=""
 

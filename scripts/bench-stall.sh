@@ -29,6 +29,7 @@ RUNS=7
 DIRTY="0 256"
 HOLD=0
 FREEZERS=quiesce,fsfreeze,qga,floor
+# shellcheck disable=SC2034 # read by loopfs.sh
 IMG_MIB=1024
 MARKDOWN=""
 KEEP=""

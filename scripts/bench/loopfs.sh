@@ -1,11 +1,12 @@
+# shellcheck shell=bash
 # Loop filesystems for the bench scripts (sourced). The caller defines WORK (its temp dir),
 # IMG_MIB (image size) and die(); filesystems live in $WORK/NAME.img, mounted on $WORK/mnt/NAME.
 
 # Attach IMG to a free loop device (direct I/O when possible, like a virtual disk without a
 # second page cache); retries because another process may take the same free device.
 attach() {
-    local img=$1 dev try
-    for try in 1 2 3 4 5; do
+    local img=$1 dev
+    for _ in 1 2 3 4 5; do
         if dev=$(losetup --find --show --direct-io=on "$img" 2>/dev/null); then echo "$dev"; return; fi
         if dev=$(losetup --find --show "$img" 2>/dev/null); then echo "$dev"; return; fi
         sleep 0.2
@@ -16,7 +17,7 @@ attach() {
 # make_fs NAME FSTYPE: creates $WORK/NAME.img, mounts it on $WORK/mnt/NAME, prints the device.
 # Runs in a command substitution: the caller fills in its cleanup lists beforehand, for the trap.
 make_fs() {
-    local name=$1 fs=$2 img="$WORK/$1.img" dev mnt="$WORK/mnt/$1"
+    local fs=$2 img="$WORK/$1.img" dev mnt="$WORK/mnt/$1"
     truncate -s "${IMG_MIB}M" "$img"
     case $fs in
         # No lazy init: ext4lazyinit would write inode tables in the background during the runs.
