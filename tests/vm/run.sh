@@ -36,6 +36,7 @@ work=$(mktemp -d /var/tmp/quiesce-vm.XXXXXX)
 chmod 0755 "$work" # the host's postgres user reads the restored cluster below it
 bg_pids=()
 pg_restore_dir=""
+pg_started=""
 cleanup() {
   local rc=$? pid
   set +e
@@ -48,10 +49,8 @@ cleanup() {
       kill -9 "$pid" 2>/dev/null
     fi
   fi
-  if [ -n "$pg_restore_dir" ] && [ -s "$pg_restore_dir/postmaster.pid" ]; then
+  if [ -n "$pg_started" ] && [ -s "$pg_restore_dir/postmaster.pid" ]; then
     runuser -u postgres -- /usr/lib/postgresql/15/bin/pg_ctl -D "$pg_restore_dir" -m immediate -w stop >/dev/null 2>&1
-    pid=$(head -1 "$pg_restore_dir/postmaster.pid" 2>/dev/null)
-    [ -n "$pid" ] && kill -9 "$pid" 2>/dev/null
   fi
   if [ "${QUIESCE_VM_KEEP:-0}" = 1 ]; then
     echo "work directory kept: $work"
@@ -122,8 +121,8 @@ quiesce=$repo/target/release/quiesce
 cp "$work"/root/boot/vmlinuz-* "$work/vmlinuz"
 cp "$work"/root/boot/initrd.img-* "$work/initrd.img"
 initrd_kib=$(( $(stat -c %s "$work/initrd.img") / 1024 ))
-mkfs.ext4 -q -F -L vmroot -d "$work/root" "$work/root.img" 3G
-mkfs.ext4 -q -F -L vmdata -d "$work/data" "$work/data.img" 1G
+mkfs.ext4 -q -F -L vmroot -d "$work/root" "$work/root.img" 3G >/dev/null
+mkfs.ext4 -q -F -L vmdata -d "$work/data" "$work/data.img" 1G >/dev/null
 rm -rf "$work/root" "$work/data"
 image_s=$(elapsed "$t_image")
 echo "   image built in ${image_s}s (initramfs ${initrd_kib} KiB)"
@@ -175,13 +174,15 @@ done
 [ -n "$ready" ] || fatal "the agent answers /v1/health within 600 s of the boot"
 boot_s=$(python3 -c "import time; print(f'{time.time() - $t_boot:.1f}')")
 echo "   agent ready ${boot_s}s after QEMU started"
+# From here on a failure is a failed check, and the run goes on to the next one.
+set +e
 check "GET /v1/health answers ok through the forwarded port" \
   sh -c "jq -e '.status == \"ok\" and .version == \"$version\"' '$work/health.json'"
 
 ssh_opts=(-q -i "$work/ssh_key" -p "$ssh_port" -o BatchMode=yes -o StrictHostKeyChecking=no
           -o UserKnownHostsFile=/dev/null -o ConnectTimeout=20 -o ServerAliveInterval=10 -o LogLevel=ERROR)
 # A command in the guest (a script, so that sh -c in checks can use it too).
-printf '#!/bin/sh\nexec ssh %s root@127.0.0.1 "$@"\n' "${ssh_opts[*]}" > "$work/vm"
+printf '#!/bin/sh\nexec ssh %s root@127.0.0.1 "cd /tmp && $*"\n' "${ssh_opts[*]}" > "$work/vm"
 chmod 0755 "$work/vm"
 vm() { "$work/vm" "$@"; }
 for _ in $(seq 120); do vm true 2>/dev/null && break; sleep 1; done
@@ -273,6 +274,8 @@ restored=0
 if [ -f "$pg_restore_dir/PG_VERSION" ]; then
   chown -R postgres:postgres "$work/pgrestore" "$work/pgsock"
   chmod 0700 "$pg_restore_dir"
+  # The copy is of a running server: its pid file names a process of the guest.
+  rm -f "$pg_restore_dir/postmaster.pid"
   # Debian keeps the cluster's configuration in /etc: a minimal one, local socket only.
   printf "listen_addresses = ''\nport = 54329\nunix_socket_directories = '%s'\nshared_buffers = 32MB\n" \
     "$work/pgsock" > "$pg_restore_dir/postgresql.conf"
@@ -280,14 +283,14 @@ if [ -f "$pg_restore_dir/PG_VERSION" ]; then
   : > "$pg_restore_dir/pg_ident.conf"
   chown postgres:postgres "$pg_restore_dir"/*.conf
   if runuser -u postgres -- /usr/lib/postgresql/15/bin/pg_ctl -D "$pg_restore_dir" \
-      -l "$work/pgrestore.log" -w -t 180 start > /dev/null; then
-    restored=1
+      -l "$work/pgrestore/server.log" -w -t 180 start > /dev/null; then
+    restored=1; pg_started=1
   fi
 fi
 check "PostgreSQL 15 on the host starts on the copy" expect "$restored" 1
 hpsql() { runuser -u postgres -- psql -h "$work/pgsock" -p 54329 -XAtq -v ON_ERROR_STOP=1 bench "$@"; }
 if [ "$restored" = 1 ]; then
-  grep -E 'redo|recover|consistent|ready to accept' "$work/pgrestore.log" | sed 's/^/   /' | head -6
+  grep -E 'redo|recover|consistent|ready to accept' "$work/pgrestore/server.log" | sed 's/^/   /' | head -6
   check "the marker row committed before the snapshot is there" \
     expect "$(hpsql -c "SELECT count(*) FROM marker WHERE tag = '$tag'")" 1
   hpsql -c 'SELECT client, count(*) FROM ledger GROUP BY client ORDER BY client' > "$work/restored-counts.txt" || true
@@ -301,7 +304,7 @@ if [ "$restored" = 1 ]; then
   rows_history=$(hpsql -c 'SELECT count(*) FROM pgbench_history' || echo '?')
   runuser -u postgres -- /usr/lib/postgresql/15/bin/pg_ctl -D "$pg_restore_dir" -m fast -w stop >/dev/null || true
 else
-  tail -20 "$work/pgrestore.log" 2>/dev/null
+  tail -20 "$work/pgrestore/server.log" 2>/dev/null
   rows_ledger='?'; rows_history='?'
 fi
 
@@ -351,6 +354,16 @@ wait_probe() { # wait_probe SECONDS: prints the guest time the write completed
   return 1
 }
 unit_prop() { vm "systemctl show -p $1 --value quiesce"; }
+restarted_since() { # restarted_since NRESTARTS PID SECONDS: a new main process, active again
+  local t_end=$(( $(date +%s) + $3 )) n state pid
+  while [ "$(date +%s)" -lt "$t_end" ]; do
+    read -r n state pid < <(vm 'for p in NRestarts ActiveState MainPID; do systemctl show -p $p --value quiesce; done' | tr '\n' ' ')
+    [ "${n:-0}" -gt "$1" ] && [ "$state" = active ] && [ "$pid" != "$2" ] && [ "$pid" != 0 ] && return 0
+    sleep 1
+  done
+  echo "NRestarts=$n ActiveState=$state MainPID=$pid (before: NRestarts=$1 MainPID=$2)"
+  return 1
+}
 wait_active() {
   for _ in $(seq 120); do [ "$(vm 'systemctl is-active quiesce')" = active ] && return 0; sleep 1; done
   return 1
@@ -400,11 +413,7 @@ if hold_frozen kill 20s; then
     echo "   deadline '$deadline', thaw '$t_thaw'"
     check "thawed by the deadline after kill -9" false
   fi
-  check "systemd restarted the daemon (Restart=on-failure)" sh -c "
-    for i in \$(seq 60); do
-      s=\$($work/vm 'systemctl show -p NRestarts,ActiveState,MainPID --value quiesce' | tr '\n' ' ')
-      set -- \$s; [ \"\$1\" -gt '$restarts0' ] && [ \"\$2\" = active ] && [ \"\$3\" != '$pid0' ] && exit 0; sleep 1
-    done; echo \"\$s\"; exit 1"
+  check "systemd restarted the daemon (Restart=on-failure)" restarted_since "$restarts0" "$pid0" 60
   release kill || true
 else
   fatal "a snapshot held frozen from the host (kill test)"
@@ -422,11 +431,7 @@ pid0=$(unit_prop MainPID)
 restarts0=$(unit_prop NRestarts)
 t_stop=$(date +%s)
 vm "kill -STOP $pid0" || true
-check "a SIGSTOPped daemon is killed by the watchdog and restarted" sh -c "
-  for i in \$(seq 90); do
-    s=\$($work/vm 'systemctl show -p NRestarts,ActiveState,MainPID --value quiesce' | tr '\n' ' ')
-    set -- \$s; [ \"\$1\" -gt '$restarts0' ] && [ \"\$2\" = active ] && [ \"\$3\" != '$pid0' ] && exit 0; sleep 1
-  done; echo \"\$s\"; exit 1"
+check "a SIGSTOPped daemon is killed by the watchdog and restarted" restarted_since "$restarts0" "$pid0" 90
 wd_s=$(elapsed "$t_stop")
 check "the journal says why (watchdog timeout)" \
   sh -c "$work/vm 'journalctl -u quiesce -o cat' | grep -i 'watchdog timeout'"
