@@ -52,10 +52,14 @@ cleanup() {
   if [ -n "$pg_started" ] && [ -s "$pg_restore_dir/postmaster.pid" ]; then
     runuser -u postgres -- /usr/lib/postgresql/15/bin/pg_ctl -D "$pg_restore_dir" -m immediate -w stop >/dev/null 2>&1
   fi
+  rm -f "$work/qemu.pid"
+  # mmdebstrap mounts proc, sys and dev nodes in the root it builds; should one be left behind,
+  # unmount it rather than delete through it.
+  findmnt -rno TARGET | grep -F "$work/" | sort -r | while read -r m; do umount -l "$m"; done
   if [ "${QUIESCE_VM_KEEP:-0}" = 1 ]; then
     echo "work directory kept: $work"
   else
-    rm -rf "$work"
+    rm -rf --one-file-system "$work"
   fi
   exit "$rc"
 }
@@ -166,6 +170,25 @@ qemu-system-x86_64 -name quiesce-vm -nodefaults -display none -daemonize \
   -device virtio-net-pci,netdev=net0 -device virtio-rng-pci \
   -qmp "unix:$work/qmp.sock,server=on,wait=off" \
   || fatal "QEMU starts"
+# A guard in case this script itself is killed (SIGKILL, a CI timeout): when it is gone, or
+# after QUIESCE_VM_TIMEOUT seconds (default 1500) asks it to stop, QEMU and the restored
+# PostgreSQL go too. The normal exit's trap does the same and ends the guard.
+(
+  trap '' INT HUP
+  main=$$
+  t_end=$(( $(date +%s) + ${QUIESCE_VM_TIMEOUT:-1500} ))
+  while kill -0 "$main" 2>/dev/null; do
+    if [ "$(date +%s)" -ge "$t_end" ]; then
+      echo "tests/vm/run.sh: over ${QUIESCE_VM_TIMEOUT:-1500} s, stopping" >&2
+      kill -TERM "$main" 2>/dev/null; t_end=$(( t_end + 120 ))
+    fi
+    sleep 2
+  done
+  [ -s "$work/qemu.pid" ] && kill -9 "$(cat "$work/qemu.pid")" 2>/dev/null
+  [ -s "$work/pgrestore/pg15/postmaster.pid" ] && \
+    runuser -u postgres -- /usr/lib/postgresql/15/bin/pg_ctl -D "$work/pgrestore/pg15" -m immediate -w stop
+) >/dev/null &
+bg_pids+=("$!")
 qemu_alive() { [ -s "$work/qemu.pid" ] && kill -0 "$(cat "$work/qemu.pid")" 2>/dev/null; }
 ready=""
 for _ in $(seq 600); do
