@@ -187,6 +187,8 @@ qemu-system-x86_64 -name quiesce-vm -nodefaults -display none -daemonize \
   [ -s "$work/qemu.pid" ] && kill -9 "$(cat "$work/qemu.pid")" 2>/dev/null
   [ -s "$work/pgrestore/pg15/postmaster.pid" ] && \
     runuser -u postgres -- /usr/lib/postgresql/15/bin/pg_ctl -D "$work/pgrestore/pg15" -m immediate -w stop
+  sleep 1
+  [ "${QUIESCE_VM_KEEP:-0}" = 1 ] || rm -rf --one-file-system "$work"
 ) >/dev/null &
 bg_pids+=("$!")
 qemu_alive() { [ -s "$work/qemu.pid" ] && kill -0 "$(cat "$work/qemu.pid")" 2>/dev/null; }
