@@ -108,6 +108,7 @@ mkdir -p "$work/data"
 mirror=$(sed -n 's/^URIs: *//p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -1)
 # A small initramfs: only what finds and mounts a virtio root (MODULES=most makes 36 MB). The
 # module list is in place before initramfs-tools is unpacked; force-confold keeps it.
+# shellcheck disable=SC2016 # $1 in the hooks is mmdebstrap's, expanded by its shell
 if ! VM_WORK=$work VM_DATA=$work/data mmdebstrap --quiet --variant=minbase \
     --include=systemd,systemd-sysv,udev,dbus,kmod,linux-image-amd64,initramfs-tools,postgresql,e2fsprogs,openssh-server,iproute2,procps \
     --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/locale/*' \
@@ -149,6 +150,7 @@ fi
 if [ "$accel" = kvm ]; then
   accel_args=(-accel kvm -cpu host)
 else
+  # shellcheck disable=SC2054 # QEMU's option syntax: one argument with commas
   accel_args=(-accel tcg,thread=multi -cpu max)
 fi
 agent_port=$(free_port)
@@ -387,6 +389,7 @@ unit_prop() { vm "systemctl show -p $1 --value quiesce"; }
 restarted_since() { # restarted_since NRESTARTS PID SECONDS: a new main process, active again
   local t_end=$(( $(date +%s) + $3 )) n state pid
   while [ "$(date +%s)" -lt "$t_end" ]; do
+    # shellcheck disable=SC2016 # $p is the guest's
     read -r n state pid < <(vm 'for p in NRestarts ActiveState MainPID; do systemctl show -p $p --value quiesce; done' | tr '\n' ' ')
     [ "${n:-0}" -gt "$1" ] && [ "$state" = active ] && [ "$pid" != "$2" ] && [ "$pid" != 0 ] && return 0
     sleep 1
