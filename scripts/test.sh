@@ -22,7 +22,7 @@ fi
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== shellcheck (the shipped hooks and the project's scripts)"
-shellcheck -S warning scripts/hooks/* scripts/*.sh scripts/bench/loopfs.sh tests/packages/run.sh .ci/run
+shellcheck -S warning scripts/hooks/* scripts/*.sh scripts/bench/loopfs.sh tests/packages/run.sh tests/vm/*.sh .ci/run
 echo "== cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
 echo "== cargo test"
@@ -32,17 +32,25 @@ trap 'rm -f "$log" "$pkglog"' EXIT
 set +e
 cargo test --locked --lib --bins --tests "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
-# The packages, built and installed for real (slower: a release build and a Debian root).
-# QUIESCE_SKIP_PACKAGES=1 leaves them out of a quick local run; CI always runs them.
+# The packages, built and installed for real (slower: a release build and a Debian root), and
+# the system test in a real VM (QEMU, the .deb under systemd, a QMP storage snapshot, a
+# PostgreSQL restore). QUIESCE_SKIP_PACKAGES=1 / QUIESCE_SKIP_VM=1 leave them out of a quick
+# local run; CI always runs them.
 pkg_status=0
+vm_status=0
 if [ "${QUIESCE_SKIP_PACKAGES:-0}" != 1 ] || [ "${CI:-}" = true ]; then
   echo "== tests/packages/run.sh"
   tests/packages/run.sh 2>&1 | tee "$pkglog"
   pkg_status=${PIPESTATUS[0]}
 fi
+if [ "${QUIESCE_SKIP_VM:-0}" != 1 ] || [ "${CI:-}" = true ]; then
+  echo "== tests/vm/run.sh"
+  tests/vm/run.sh 2>&1 | tee -a "$pkglog"
+  vm_status=${PIPESTATUS[0]}
+fi
 set -e
-# One closing line with the totals of every test binary and of the package checks.
+# One closing line with the totals of every test binary, the package checks and the VM test.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
-     /^[0-9]+ passed, [0-9]+ failed$/ && FILENAME != ARGV[1] { p += $1; f += $3 }
+     /^[0-9]+ passed, [0-9]+ failed(, [0-9]+ skipped)?$/ && FILENAME != ARGV[1] { p += $1; f += $3 }
      END { printf "%d passed, %d failed\n", p, f }' "$log" "$pkglog"
-[ "$status" -eq 0 ] && [ "$pkg_status" -eq 0 ]
+[ "$status" -eq 0 ] && [ "$pkg_status" -eq 0 ] && [ "$vm_status" -eq 0 ]
