@@ -94,6 +94,19 @@ pub(crate) fn known_missing(service: Service) -> bool {
     })
 }
 
+/// The system bus's socket when its address is a plain `unix:path=` that does not exist.
+fn missing_bus_socket() -> Option<std::path::PathBuf> {
+    let address = std::env::var("DBUS_SYSTEM_BUS_ADDRESS")
+        .unwrap_or_else(|_| "unix:path=/var/run/dbus/system_bus_socket".to_string());
+    // Only the simple form: one address, no other keys; anything else is left to zbus.
+    let path = address.strip_prefix("unix:path=")?;
+    if path.contains([',', ';']) {
+        return None;
+    }
+    let path = std::path::PathBuf::from(path);
+    (!path.exists()).then_some(path)
+}
+
 fn mark_no_bus(why: &str) {
     let first = SLOT.with(|s| {
         let mut s = s.borrow_mut();
@@ -151,6 +164,12 @@ pub(crate) async fn system_bus() -> Option<Connection> {
         Err(()) => return None,
         Ok(Some(conn)) => return Some(conn),
         Ok(None) => {}
+    }
+    // zbus connects to a unix socket from tokio's blocking pool, whose thread then lingers for
+    // 10 s: where the socket plainly does not exist (no bus: containers, CI), say so without it.
+    if let Some(path) = missing_bus_socket() {
+        mark_no_bus(&format!("{} does not exist", path.display()));
+        return None;
     }
     let connect = async {
         zbus::connection::Builder::system()?
