@@ -59,12 +59,23 @@ struct Ran {
 /// Runs `hook phase` with `env` added, stdin /dev/null, as the daemon would.
 fn run_hook(hook: &Path, phase: &str, env: &[(String, String)]) -> Ran {
     let t = Instant::now();
-    let out = Command::new(hook)
-        .args((!phase.is_empty()).then_some(phase))
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", hook.display()));
+    let mut tries = 0;
+    let out = loop {
+        let r = Command::new(hook)
+            .args((!phase.is_empty()).then_some(phase))
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .output();
+        match r {
+            // The copy was just written, and another test thread's fork may hold its write
+            // descriptor until that child execs: "Text file busy" for a moment.
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 100 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            r => break r.unwrap_or_else(|e| panic!("cannot run {}: {e}", hook.display())),
+        }
+    };
     Ran {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -568,3 +568,28 @@ async fn a_helper_that_dies_is_a_failure_and_its_hook_is_killed() {
         fs::read_to_string(format!("/proc/{hook_pid}/stat"))
     );
 }
+
+#[tokio::test]
+async fn a_script_held_open_for_writing_runs_once_it_is_released() {
+    let dir = tempfile::tempdir().unwrap();
+    let hook = script(dir.path(), "busy.sh", "#!/bin/sh\necho ran\n");
+    // As while an editor or a forked process still has it open for writing: exec gets ETXTBSY.
+    let writer = fs::OpenOptions::new().append(true).open(&hook).unwrap();
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        drop(writer);
+    });
+    let (out, took) = run(&spec(
+        "busy",
+        &[hook.to_str().unwrap()],
+        Duration::from_secs(10),
+    ))
+    .await;
+    release.await.unwrap();
+    assert!(out.succeeded(), "{out:?}");
+    assert_eq!(out.output, "ran\n");
+    assert!(
+        took >= Duration::from_millis(250),
+        "it cannot have run before the release"
+    );
+}

@@ -32,6 +32,9 @@ use super::protocol::{HelperEvent, HelperReport};
 /// How long SIGKILLed processes may take to disappear (one stuck in uninterruptible IO may
 /// not): then the helper reports them as strays instead of hanging the snapshot.
 pub(crate) const KILL_WAIT: Duration = Duration::from_secs(5);
+/// How often, and how far apart, a spawn that failed with ETXTBSY is tried again.
+const ETXTBSY_RETRIES: u32 = 50;
+const ETXTBSY_PAUSE: Duration = Duration::from_millis(20);
 /// How often the kill pass repeats, to catch children forked by processes not yet dead.
 const KILL_PASS: Duration = Duration::from_millis(20);
 
@@ -216,11 +219,24 @@ fn spawn(argv: &[OsString], null: &File) -> Result<Pid, String> {
     .map_err(|e| fail("spawn attributes", e))?;
 
     // Like a shell and std's Command: a bare name is looked up in PATH, a path is used as is.
-    let spawned = if program.as_bytes().contains(&b'/') {
-        posix_spawn(args[0].as_c_str(), &actions, &attr, &args, &env)
-    } else {
-        posix_spawnp(&args[0], &actions, &attr, &args, &env)
+    let spawn = || {
+        if program.as_bytes().contains(&b'/') {
+            posix_spawn(args[0].as_c_str(), &actions, &attr, &args, &env)
+        } else {
+            posix_spawnp(&args[0], &actions, &attr, &args, &env)
+        }
     };
+    // A script someone is writing this very moment (an editor saving it, a package upgrade, a
+    // process that forked while holding it open for writing) refuses to run with ETXTBSY for
+    // a moment: try again for up to a second before calling the hook broken.
+    let mut spawned = spawn();
+    for _ in 0..ETXTBSY_RETRIES {
+        if spawned != Err(Errno::ETXTBSY) {
+            break;
+        }
+        std::thread::sleep(ETXTBSY_PAUSE);
+        spawned = spawn();
+    }
     spawned.map_err(|e| exec_error(program, &io::Error::from(e)))
 }
 
