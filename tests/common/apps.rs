@@ -290,12 +290,25 @@ impl Drop for Pg {
 
 const MARIADBD: &str = "/usr/sbin/mariadbd";
 
+/// A tmpdir of the server's own: MariaDB removes `#sql*` files it finds in its tmpdir when it
+/// starts, so two servers (or a server and a bootstrap) of parallel tests sharing /tmp delete
+/// each other's temporary tables. Off the data's filesystem, which a test may freeze.
+fn mariadb_tmpdir() -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix("quiesce-mariadb-tmp-")
+        .tempdir()
+        .unwrap();
+    chown("mysql", dir.path());
+    dir
+}
+
 /// Server options shared by the install and every start: small, quick, no TCP.
-fn mariadb_options(data: &Path) -> Vec<String> {
+fn mariadb_options(data: &Path, tmp: &Path) -> Vec<String> {
     vec![
         "--no-defaults".into(),
         "--user=mysql".into(),
         format!("--datadir={}", data.display()),
+        format!("--tmpdir={}", tmp.display()),
         "--innodb-log-file-size=8M".into(),
         "--innodb-buffer-pool-size=32M".into(),
         "--skip-name-resolve".into(),
@@ -308,6 +321,7 @@ pub struct Maria {
     pub sock: PathBuf,
     pub log: PathBuf,
     child: Option<Child>,
+    _tmp: tempfile::TempDir,
 }
 
 impl Maria {
@@ -316,9 +330,10 @@ impl Maria {
         need(MARIADBD);
         fs::create_dir_all(data).unwrap();
         chown("mysql", data);
+        let tmp = mariadb_tmpdir();
         let mut args = vec!["mariadb-install-db".to_string()];
         // --no-defaults must come first.
-        args.extend(mariadb_options(data));
+        args.extend(mariadb_options(data, tmp.path()));
         args.push("--auth-root-authentication-method=socket".into());
         args.push("--skip-test-db".into());
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -332,8 +347,9 @@ impl Maria {
         fs::create_dir_all(sock_dir).unwrap();
         chown("mysql", sock_dir);
         let sock = sock_dir.join("mysqld.sock");
+        let tmp = mariadb_tmpdir();
         let child = Command::new(MARIADBD)
-            .args(mariadb_options(data))
+            .args(mariadb_options(data, tmp.path()))
             .arg(format!("--socket={}", sock.display()))
             .arg(format!(
                 "--pid-file={}",
@@ -351,6 +367,7 @@ impl Maria {
             sock,
             log: log.to_path_buf(),
             child: Some(child),
+            _tmp: tmp,
         };
         let t = Instant::now();
         loop {
