@@ -108,6 +108,15 @@ fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
     path
 }
 
+/// Waits until the hooks' log (DIR/hook.log) holds `needle`.
+fn wait_hook_log(dir: &Path, needle: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !hook_log(dir).contains(needle) {
+        assert!(Instant::now() < deadline, "no {needle:?} in the hooks' log");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Replaces the `hooks:` line of the scene's config.
 fn set_hooks(s: &Scene, hooks: &str) {
     let text = fs::read_to_string(&s.config).unwrap();
@@ -299,11 +308,7 @@ fn sigterm_during_a_pre_hook_cancels_it_runs_the_due_post_hooks_and_exits_0() {
     );
     let mut d = Daemon::start(&s.config);
     let id = start_snapshot(&d);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !hook_log(&dir).contains("slow pre") {
-        assert!(Instant::now() < deadline, "the slow pre hook never started");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_hook_log(&dir, "slow pre");
     let t = Instant::now();
     d.signal("TERM");
     assert_eq!(d.wait_exit(Duration::from_secs(15)), 0);
@@ -347,11 +352,7 @@ fn sigint_while_frozen_thaws_at_once_and_a_second_signal_changes_nothing() {
     d.signal("INT");
     // Thawed at once, before the post hook has finished.
     w.assert_finishes_within(Duration::from_secs(1));
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !hook_log(&dir).contains("post start") {
-        assert!(Instant::now() < deadline, "the post hook never started");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_hook_log(&dir, "post start");
     d.signal("TERM");
     d.signal("INT");
     let (code, log_text) = d.exit(Duration::from_secs(10));
@@ -386,11 +387,7 @@ fn sigterm_during_post_hooks_lets_them_finish() {
         Some(r#"{"storage_snapshot":"taken"}"#),
     );
     assert_eq!(code, 200);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !hook_log(&dir).contains("post start") {
-        assert!(Instant::now() < deadline, "the post hook never started");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_hook_log(&dir, "post start");
     d.signal("TERM");
     assert_eq!(d.wait_exit(Duration::from_secs(10)), 0);
     // The host's thaw came first: the snapshot finished as taken, with its post hook whole.
