@@ -124,10 +124,15 @@ impl Ran {
 
 /// A daemon config that may freeze only `mount`, with one hook `name` running `hook` and `env`.
 fn config(dir: &Path, mount: &Path, name: &str, hook: &Path, env: &[(String, String)]) -> PathBuf {
-    let env: serde_json::Map<String, Value> = env
+    let mut env: serde_json::Map<String, Value> = env
         .iter()
         .map(|(k, v)| (k.clone(), Value::String(v.clone())))
         .collect();
+    // The hook's state in the test's directory, as in every direct run of the hooks.
+    env.insert(
+        "HOOK_STATE_DIR".into(),
+        Value::String(dir.join("hs").display().to_string()),
+    );
     let hook = json!({
         "name": name,
         "pre": [hook, "pre"],
@@ -308,12 +313,7 @@ fn postgresql_checkpoint_snapshot_restores_every_committed_row() {
     let t0 = Instant::now();
     let PgScene { mut pg, fs, dir } = pg_scene(&[]);
     let hook = install_hook(dir.path(), "postgresql");
-    let mut env = pg.env();
-    env.push((
-        "HOOK_STATE_DIR".into(),
-        dir.path().join("hs").display().to_string(),
-    ));
-    let cfg = config(dir.path(), &fs.mount, "pg", &hook, &env);
+    let cfg = config(dir.path(), &fs.mount, "pg", &hook, &pg.env());
     let d = Daemon::start(&cfg);
 
     let w = Workload::start(pg.session(), pg_row);
@@ -607,12 +607,7 @@ fn mariadb_snapshot_blocks_writes_under_the_lock_and_restores_every_committed_ro
     );
     maria_tables(&m);
     let hook = install_hook(dir.path(), "mariadb");
-    let mut env = m.env();
-    env.push((
-        "HOOK_STATE_DIR".into(),
-        dir.path().join("hs").display().to_string(),
-    ));
-    let cfg = config(dir.path(), &fs.mount, "mariadb", &hook, &env);
+    let cfg = config(dir.path(), &fs.mount, "mariadb", &hook, &m.env());
     let d = Daemon::start(&cfg);
 
     let w = Workload::start(m.session(), maria_row);

@@ -108,6 +108,24 @@ fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
     path
 }
 
+/// One hook `app` logging "PHASE start" and "PHASE end<END>" to DIR/hook.log, whose post run
+/// takes a second in between (`end` is shell text, e.g. " $QUIESCE_THAW_REASON").
+fn slow_post_hook(s: &Scene, end: &str) {
+    let dir = s.dir.path();
+    let log = dir.join("hook.log");
+    let hook = script(
+        dir,
+        "hook.sh",
+        &format!(
+            "echo \"$QUIESCE_PHASE start\" >> {log:?}\n[ \"$QUIESCE_PHASE\" = post ] && sleep 1\necho \"$QUIESCE_PHASE end{end}\" >> {log:?}"
+        ),
+    );
+    set_hooks(
+        s,
+        &format!("[{{name: app, pre: [{hook:?}], post: [{hook:?}]}}]"),
+    );
+}
+
 /// Waits until the hooks' log (DIR/hook.log) holds `needle`.
 fn wait_hook_log(dir: &Path, needle: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -331,19 +349,8 @@ fn sigint_while_frozen_thaws_at_once_and_a_second_signal_changes_nothing() {
     require_root();
     let s = scene("30s", "[]");
     let dir = s.dir.path().to_path_buf();
-    let log = dir.join("hook.log");
     // The post hook takes a while, so the second signal arrives while it runs.
-    let hook = script(
-        &dir,
-        "hook.sh",
-        &format!(
-            "echo \"$QUIESCE_PHASE start\" >> {log:?}\n[ \"$QUIESCE_PHASE\" = post ] && sleep 1\necho \"$QUIESCE_PHASE end\" >> {log:?}"
-        ),
-    );
-    set_hooks(
-        &s,
-        &format!("[{{name: app, pre: [{hook:?}], post: [{hook:?}]}}]"),
-    );
+    slow_post_hook(&s, "");
     let mut d = Daemon::start(&s.config);
     let id = start_snapshot(&d);
     wait_state(&d, &id, "frozen");
@@ -366,18 +373,7 @@ fn sigterm_during_post_hooks_lets_them_finish() {
     require_root();
     let s = scene("30s", "[]");
     let dir = s.dir.path().to_path_buf();
-    let log = dir.join("hook.log");
-    let hook = script(
-        &dir,
-        "hook.sh",
-        &format!(
-            "echo \"$QUIESCE_PHASE start\" >> {log:?}\n[ \"$QUIESCE_PHASE\" = post ] && sleep 1\necho \"$QUIESCE_PHASE end $QUIESCE_THAW_REASON\" >> {log:?}"
-        ),
-    );
-    set_hooks(
-        &s,
-        &format!("[{{name: app, pre: [{hook:?}], post: [{hook:?}]}}]"),
-    );
+    slow_post_hook(&s, " $QUIESCE_THAW_REASON");
     let mut d = Daemon::start(&s.config);
     let id = start_snapshot(&d);
     wait_state(&d, &id, "frozen");
