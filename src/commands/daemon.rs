@@ -78,7 +78,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<i32> {
     });
     let router = http::router(agent.clone(), auth.clone());
     tracing::info!("listening on {local}");
-    notify::ready(&format!("listening on {local}, no snapshot yet"));
+    notify::ready(&status_now(&agent, &local));
 
     tokio::spawn(follow_status(agent.clone()));
     if let Some(every) = notify::watchdog_interval() {
@@ -201,11 +201,7 @@ impl Service {
                 );
             }
         }
-        let status = match self.agent.latest().borrow().as_ref() {
-            Some(s) => notify::status_line(s),
-            None => format!("listening on {}, no snapshot yet", self.local),
-        };
-        notify::reloaded(&status);
+        notify::reloaded(&status_now(&self.agent, &self.local));
     }
 
     /// Applies the new configuration; `Err` carries the errors, one per line.
@@ -258,6 +254,14 @@ impl Service {
             callback_key,
         });
         Ok(summary)
+    }
+}
+
+/// The status line as it stands: the newest snapshot's, or where the daemon listens.
+fn status_now(agent: &Agent, local: &str) -> String {
+    match agent.latest().borrow().as_ref() {
+        Some(s) => notify::status_line(s),
+        None => format!("listening on {local}, no snapshot yet"),
     }
 }
 
