@@ -180,7 +180,15 @@ pub fn init() -> LogGuard {
 }
 
 /// Offers a record to the log thread; never waits.
-fn submit(record: Record) {
+///
+/// A record logged while a hold lives is marked delayed here, not only when the log thread
+/// keeps it: the hold may end before the log thread takes the record from the queue (the thaw
+/// logs "thawed" and then drops the hold at once), and such a record was still not written
+/// when it was logged.
+fn submit(mut record: Record) {
+    if held() {
+        record.delayed = true;
+    }
     if let Some(shared) = SHARED.get() {
         if shared.tx.try_send(Msg::Record(Box::new(record))).is_err() {
             shared.dropped.fetch_add(1, Ordering::Relaxed);

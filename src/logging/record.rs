@@ -69,7 +69,8 @@ pub struct Record {
     pub spans: String,
     /// Span fields that are not known ones (the journal output puts them in the message).
     pub span_fields: Vec<(&'static str, String)>,
-    /// Set when the record was kept in memory while filesystems were frozen.
+    /// Set when the record was logged while filesystems were frozen: kept in memory, or at
+    /// least written only after the thaw.
     pub delayed: bool,
 }
 
