@@ -133,37 +133,7 @@ for d in $DIRTY; do
 done
 [[ -n $KEEP ]] && cp "$RAW" "$KEEP"
 
-python3 - "$RAW" "$K" "$HOLD" >"$WORK/table.md" <<'PY'
-import json, statistics, sys
-rows = [json.loads(l) for l in open(sys.argv[1])]
-k, hold = sys.argv[2], sys.argv[3]
-def fmt(xs):
-    return f"{statistics.median(xs):.0f} ({min(xs):.0f}-{max(xs):.0f})"
-print(f"{k} loop filesystems (ext4 and xfs in turn), hold {hold} ms; median (min-max) over the runs, ms\n")
-print("| dirty MiB | freezer | longest writer stall | time to all frozen | time to thaw | window |")
-print("| --- | --- | --- | --- | --- | --- |")
-medians = {}
-for d in sorted({r["dirty_mib"] for r in rows}):
-    for f in ["quiesce", "fsfreeze", "qga", "floor"]:
-        rs = [r for r in rows if r["dirty_mib"] == d and r["freezer"] == f]
-        if not rs:
-            continue
-        stall = [r["longest_stall_ms"] for r in rs]
-        medians[(d, f)] = statistics.median(stall)
-        print(f"| {d} | {f} | {fmt(stall)} | {fmt([r['to_frozen_ms'] for r in rs])} | "
-              f"{fmt([r['to_thawed_ms'] for r in rs])} | {fmt([r['window_ms'] for r in rs])} |")
-print()
-for d in sorted({r["dirty_mib"] for r in rows}):
-    q = medians.get((d, "quiesce"))
-    parts = []
-    for other, target in (("qga", 0.5), ("floor", 1.2), ("fsfreeze", None)):
-        o = medians.get((d, other))
-        if q and o:
-            verdict = "" if target is None else (" (target <= %.1fx: %s)" % (target, "met" if q / o <= target else "MISSED"))
-            parts.append(f"{q / o:.2f}x {other}{verdict}")
-    if parts:
-        print(f"- dirty {d} MiB: quiesce's longest stall is " + ", ".join(parts))
-PY
+python3 "$BENCH/stall_report.py" "$RAW" "$K" "$HOLD" >"$WORK/table.md"
 cat "$WORK/table.md"
 [[ -n $MARKDOWN ]] && cp "$WORK/table.md" "$MARKDOWN"
 exit 0

@@ -68,8 +68,55 @@ pub enum ControlError {
 struct Entry {
     id: String,
     request_id: Option<String>,
-    report: watch::Receiver<Snapshot>,
+    report: Report,
+    /// `None` once the entry is compacted (the snapshot has ended).
     controls: Option<mpsc::Sender<ControlMsg>>,
+}
+
+/// A snapshot's report as the history keeps it.
+enum Report {
+    /// The snapshot task's channel: the report as it changes.
+    Live(watch::Receiver<Snapshot>),
+    /// The final report of an ended snapshot, alone: the channels are gone (each costs a few
+    /// KiB, and 100 are kept).
+    Done(Box<Snapshot>),
+}
+
+impl Entry {
+    /// The report as it stands.
+    fn current(&self) -> Snapshot {
+        match &self.report {
+            Report::Live(rx) => rx.borrow().clone(),
+            Report::Done(s) => (**s).clone(),
+        }
+    }
+
+    fn ended(&self) -> bool {
+        match &self.report {
+            Report::Live(rx) => rx.borrow().state.is_end(),
+            Report::Done(_) => true,
+        }
+    }
+
+    /// A receiver of the report; for an ended snapshot, one whose sender is already gone
+    /// (its value is final: waits on it answer at once).
+    fn receiver(&self) -> watch::Receiver<Snapshot> {
+        match &self.report {
+            Report::Live(rx) => rx.clone(),
+            Report::Done(s) => watch::channel((**s).clone()).1,
+        }
+    }
+
+    /// Drops the channels of an ended snapshot and keeps its final report.
+    fn compact(&mut self) {
+        if let Report::Live(rx) = &self.report {
+            let snap = rx.borrow().clone();
+            if snap.state.is_end() {
+                self.report = Report::Done(Box::new(snap));
+                self.controls = None;
+            }
+        }
+    }
 }
 
 #[derive(Default)]
@@ -214,12 +261,18 @@ impl Agent {
             metrics.snapshot_ended(&end);
             metrics.set_frozen(false);
             metrics.set_active(false);
+            crate::heap::give_back();
             end
         });
+        // The snapshots before this one have ended (admitted only then): keep their reports,
+        // drop their channels.
+        for e in inner.entries.iter_mut() {
+            e.compact();
+        }
         inner.entries.push_front(Entry {
             id: initial.id.clone(),
             request_id: body.request_id,
-            report,
+            report: Report::Live(report),
             controls: Some(controls),
         });
         inner.entries.truncate(HISTORY);
@@ -245,11 +298,11 @@ impl Agent {
                 .iter()
                 .find(|e| e.request_id.as_deref() == Some(rid.as_str()))
             {
-                return Ok(Some(Created::Existing(e.report.borrow().clone())));
+                return Ok(Some(Created::Existing(e.current())));
             }
         }
         if let Some(active) = inner.entries.front() {
-            if !active.report.borrow().state.is_end() {
+            if !active.ended() {
                 return Err(CreateError::Busy {
                     active: active.id.clone(),
                 });
@@ -265,17 +318,13 @@ impl Agent {
             .entries
             .iter()
             .find(|e| e.id == id)
-            .map(|e| e.report.clone())
+            .map(Entry::receiver)
     }
 
     /// The last snapshots, newest first.
     pub fn list(&self) -> Vec<Snapshot> {
         let inner = self.inner.lock().expect("agent lock");
-        inner
-            .entries
-            .iter()
-            .map(|e| e.report.borrow().clone())
-            .collect()
+        inner.entries.iter().map(Entry::current).collect()
     }
 
     /// Sends a control and waits for its answer (after the thaw, for thaw and abort).
@@ -287,14 +336,13 @@ impl Agent {
                 .iter()
                 .find(|e| e.id == id)
                 .ok_or(ControlError::NotFound)?;
-            (e.controls.clone(), e.report.clone())
+            (e.controls.clone(), e.receiver())
         };
         let current = || report.borrow().clone();
         let Some(sender) = sender else {
-            return Err(ControlError::Conflict(
-                Box::new(current()),
-                "the snapshot has ended".into(),
-            ));
+            let snap = current();
+            let reason = Refusal::Ended(snap.state).to_string();
+            return Err(ControlError::Conflict(Box::new(snap), reason));
         };
         let (tx, rx) = oneshot::channel();
         let msg = ControlMsg {
@@ -328,7 +376,7 @@ impl Agent {
             inner
                 .entries
                 .front()
-                .filter(|e| !e.report.borrow().state.is_end())
+                .filter(|e| !e.ended())
                 .and_then(|e| e.controls.clone())
         };
         if let Some(sender) = active {
@@ -348,10 +396,7 @@ impl Agent {
     /// True while a snapshot is not finished.
     pub fn busy(&self) -> bool {
         let inner = self.inner.lock().expect("agent lock");
-        inner
-            .entries
-            .front()
-            .is_some_and(|e| !e.report.borrow().state.is_end())
+        inner.entries.front().is_some_and(|e| !e.ended())
     }
 }
 

@@ -4,7 +4,8 @@
 //! the storage stack and freezes them through a watchdog process that never leaves one frozen;
 //! `config` reads the operator's YAML; `commands` holds the command-line entry points.
 
-// Unsafe code lives in `freezer::ioctl` only, where every block carries a SAFETY comment.
+// Unsafe code lives in `freezer::ioctl` and `heap` only, where every block carries a SAFETY
+// comment.
 #![deny(unsafe_code)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
@@ -18,6 +19,7 @@ pub mod config;
 pub mod dbus;
 pub mod duration;
 pub mod freezer;
+pub mod heap;
 pub mod hooks;
 pub mod http;
 pub mod lifecycle;

@@ -18,6 +18,10 @@ fn main() -> ExitCode {
     if let Cmd::HookExec(args) = &cli.command {
         return ExitCode::from(quiesce::hooks::exec::main(args) as u8);
     }
+    if let Cmd::Daemon(_) = cli.command {
+        // Before the first thread: one malloc arena for all of them.
+        quiesce::heap::one_arena();
+    }
     // journald or stderr, from a thread of its own; dropped last, it flushes what is pending.
     let _log = quiesce::logging::init();
     let code = match cli.command {
@@ -26,7 +30,7 @@ fn main() -> ExitCode {
         Cmd::ThawAll(a) => commands::thaw_all::run(&a.config),
         Cmd::Daemon(a) => {
             // One thread does all the daemon's work: it is asynchronous and small (the freeze
-            // itself runs in the watchdog process), and one thread means one malloc arena.
+            // itself runs in the watchdog process).
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()

@@ -95,6 +95,39 @@ fn a_whole_cycle_over_http() {
     );
     assert!(text.contains("quiesce_snapshot_active 0"), "{text}");
     assert!(!text.contains(&id) && !text.contains("\"app\""), "{text}");
+
+    // The next snapshot compacts the history (the ended one keeps its report, not its
+    // channels): every answer about the first stays the same.
+    let (code, second) = d.call("POST", "/v1/snapshots", Some("{}"));
+    assert_eq!(code, 202, "{second}");
+    let second_id = second["id"].as_str().unwrap().to_string();
+    let (code, old) = d.call(
+        "GET",
+        &format!("/v1/snapshots/{id}?wait=done&timeout_ms=20000"),
+        None,
+    );
+    assert_eq!((code, &old), (200, &done));
+    let (code, again) = d.call("POST", "/v1/snapshots", Some(r#"{"request_id":"job-1"}"#));
+    assert_eq!((code, &again), (200, &done));
+    let (code, gone_again) = d.call("DELETE", &format!("/v1/snapshots/{id}"), None);
+    assert_eq!((code, &gone_again), (409, &gone));
+    let (code, refused) = d.call(
+        "POST",
+        &format!("/v1/snapshots/{id}/thaw"),
+        Some(r#"{"storage_snapshot":"taken"}"#),
+    );
+    assert_eq!((code, refused["state"].as_str()), (409, Some("succeeded")));
+    let (code, _) = d.call("DELETE", &format!("/v1/snapshots/{second_id}"), None);
+    assert_eq!(code, 200);
+    let (_, list) = d.call("GET", "/v1/snapshots", None);
+    let ids: Vec<_> = list["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [second_id.as_str(), id.as_str()]);
+    assert_eq!(list["snapshots"][1], done);
 }
 
 #[test]

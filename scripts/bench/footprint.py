@@ -110,6 +110,7 @@ def cmd_idle(a):
     time.sleep(1)
     st = proc_status(pid)
     emit({"kind": "idle", "ready_ms": d.ready_ms, "rss_kib": st["VmRSS_kib"],
+          "anon_kib": st["RssAnon_kib"], "file_kib": st["RssFile_kib"],
           "pss_kib": st.get("Pss_kib"), "threads": st["threads"], "fds": fds(pid)})
     before = proc_status(pid)
     time.sleep(a.idle_seconds)
@@ -164,6 +165,7 @@ def cmd_soak(a):
         if i == 1 or i % 100 == 0:
             st = proc_status(pid)
             row = {"kind": "sample", "cycle": i, "rss_kib": st["VmRSS_kib"],
+                   "anon_kib": st["RssAnon_kib"], "file_kib": st["RssFile_kib"],
                    "fds": fds(pid), "threads": st["threads"]}
             first = first or row
             emit(row)
