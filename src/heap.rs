@@ -17,7 +17,8 @@ pub fn one_arena() {
 }
 
 /// Returns the free pages of the heap to the kernel (glibc keeps them otherwise, except at the
-/// heap's top). Takes well under a millisecond on the daemon's small heap.
+/// heap's top). Called on the runtime thread once the snapshot's end is published, so no
+/// step of the snapshot waits for it.
 pub fn give_back() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only releases memory the allocator does not use; it takes the
