@@ -75,12 +75,22 @@ sed -i -e 's|^listen: .*|listen: 0.0.0.0:7380|' \
        -e 's|^  max_timeout: .*|  max_timeout: 120s|' "$cfg"
 grep -q '^listen: 0.0.0.0:7380' "$cfg"
 grep -q '^  include_mounts: \[/data\]' "$cfg"
-install -m 0700 -o root -g root "$here/guest-pg-hook" "$root/etc/quiesce/hooks/pg-checkpoint"
+# Two hooks, in this order: the test's marker (notes when pre began: the bound of the restore
+# check) and the shipped PostgreSQL hook from the package (CHECKPOINT), as docs/hooks.md
+# configures it.
+install -m 0700 -o root -g root "$here/guest-marker-hook" "$root/etc/quiesce/hooks/vm-marker"
+test -x "$root/usr/share/quiesce/hooks/postgresql" || {
+  echo "guest-setup: the package did not install /usr/share/quiesce/hooks/postgresql" >&2; exit 1; }
 cat > "$root/etc/quiesce/config.d/10-postgres.yaml" <<'EOF'
 hooks:
+  - name: vm-marker
+    pre:  [/etc/quiesce/hooks/vm-marker, pre]
+    post: [/etc/quiesce/hooks/vm-marker, post]
+    timeout: 10s
+    on_failure: abort
   - name: postgres
-    pre:  [/etc/quiesce/hooks/pg-checkpoint, pre]
-    post: [/etc/quiesce/hooks/pg-checkpoint, post]
+    pre:  [/usr/share/quiesce/hooks/postgresql, pre]
+    post: [/usr/share/quiesce/hooks/postgresql, post]
     timeout: 60s
     on_failure: abort
 EOF

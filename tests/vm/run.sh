@@ -274,8 +274,10 @@ frozen_ms=$(jq -r '.snapshots[0].frozen_ms' "$work/report.json" 2>/dev/null || e
 check "the snapshot succeeded, application-consistent, /data frozen then thawed by the host" \
   jq -e '.snapshots[0] | .state == "succeeded" and .consistency == "application" and .thaw_reason == "host"
          and (.mounts | length == 1 and .[0].path == "/data" and .[0].error == null)' "$work/report.json"
-check "the pre and post hooks ran and exited 0" \
+check "the pre and post hooks ran and exited 0 (the shipped postgresql hook among them)" \
   jq -e '[.snapshots[0].hooks[] | select(.name == "postgres") | "\(.phase):\(.exit_code)"] == ["pre:0", "post:0"]' "$work/report.json"
+check "the marker's pre ran before the postgresql hook's" \
+  jq -e '[.snapshots[0].hooks[] | select(.phase == "pre") | "\(.name):\(.exit_code)"] == ["vm-marker:0", "postgres:0"]' "$work/report.json"
 check "QEMU switched the data disk to the overlay (the base is the snapshot)" \
   sh -c "python3 '$here/qmp.py' '$work/qmp.sock' query-block | jq -e '.[] | select(.device == \"data\") | .inserted.file | endswith(\"data-overlay.qcow2\")'"
 
