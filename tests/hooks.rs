@@ -19,6 +19,9 @@ const QUIESCE: &str = env!("CARGO_BIN_EXE_quiesce");
 const GRACE: Duration = Duration::from_secs(1);
 /// Scheduling and process start-up on a busy test machine.
 const SLACK: Duration = Duration::from_millis(1500);
+/// The timeout of a hook that must have started its processes before it is killed: long
+/// enough for three forks and execs on a loaded machine (1 s was not, under heavy I/O).
+const SETUP_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Writes an executable script into `dir`.
 fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
@@ -224,7 +227,7 @@ echo started
 sleep 300
 "#,
     );
-    let timeout = Duration::from_secs(1);
+    let timeout = SETUP_TIMEOUT;
     let s = spec(
         "hang",
         &[hook.to_str().unwrap(), pidfile.to_str().unwrap()],
@@ -269,7 +272,7 @@ echo $PPID > "$2"
 sleep 300
 "#,
     );
-    let timeout = Duration::from_secs(1);
+    let timeout = SETUP_TIMEOUT;
     let s = spec(
         "escape",
         &[

@@ -251,16 +251,36 @@ fn unmount_best_effort(target: &Path) {
     let _ = quiet("umount", &["-l", t]);
 }
 
-/// `losetup -d`, retried a few times. Never panics.
+/// `losetup -d`, retried a few times, then waits (at most 5 s) until the device
+/// is really detached: the kernel detaches a device that something still has
+/// open (a udev probe, writeback on a loaded machine) only at its last close,
+/// and a fixture that is dropped must leave nothing behind. Never panics.
 fn detach_best_effort(device: &Path) {
     let Some(d) = device.to_str() else { return };
+    let mut detached = false;
     for _ in 0..5 {
         if quiet("losetup", &["-d", d]) {
-            return;
+            detached = true;
+            break;
         }
         thread::sleep(Duration::from_millis(100));
     }
-    eprintln!("quiesce test fixtures: could not detach {d}");
+    if !detached {
+        eprintln!("quiesce test fixtures: could not detach {d}");
+        return;
+    }
+    // /sys/block/loopN/loop exists while the device is bound to a file.
+    let Some(name) = device.file_name() else {
+        return;
+    };
+    let bound = Path::new("/sys/block").join(name).join("loop");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while bound.exists() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(20));
+    }
+    if bound.exists() {
+        eprintln!("quiesce test fixtures: {d} still bound 5 s after losetup -d");
+    }
 }
 
 /// Attaches `image` to a free loop device with `losetup -f --show
