@@ -610,6 +610,6 @@ fn a_second_freezer_on_the_same_state_dir_is_refused() {
     assert!(err.contains("another quiesce process"), "{err}");
     // The refused one did not run recovery: the first freeze is intact.
     Writer::start_probe(&a.mount).assert_blocked_for(Duration::from_millis(200));
-    let (_, code) = first.thaw();
-    assert_eq!(code, 0);
+    let (done, code) = first.thaw();
+    assert_eq!(code, 0, "{done}");
 }
