@@ -191,15 +191,7 @@ impl Drop for Freezing {
     fn drop(&mut self) {
         // End of stdin asks for the thaw; then make sure the process is gone.
         self.stdin.take();
-        let t = Instant::now();
-        while t.elapsed() < Duration::from_secs(10) {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        stop_child(&mut self.child, None, Duration::from_secs(10));
     }
 }
 

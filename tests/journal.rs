@@ -246,18 +246,7 @@ impl NsDaemon {
 
 impl Drop for NsDaemon {
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = run_status("kill", &["-TERM", &self.child.id().to_string()]);
-            let t = Instant::now();
-            while t.elapsed() < Duration::from_secs(10) {
-                if let Ok(Some(_)) = self.child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        stop_child(&mut self.child, Some("TERM"), Duration::from_secs(10));
     }
 }
 

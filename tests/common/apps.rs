@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crate::common::{run, run_status};
+use crate::common::{run, run_status, stop_child};
 
 /// Where Debian's PostgreSQL 15 server programs are.
 pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
@@ -55,32 +55,6 @@ pub fn chown(user: &str, path: &Path) {
 /// Lets the servers' users walk into `dir` (scratch directories are 0700).
 pub fn open_dir(dir: &Path) {
     fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).unwrap();
-}
-
-/// Sends `sig` to `pid`, ignoring errors.
-fn signal(pid: u32, sig: &str) {
-    let _ = run_status("kill", &[&format!("-{sig}"), &pid.to_string()]);
-}
-
-/// Stops a server child: `sig`, then SIGKILL after `within`.
-fn stop_child(child: &mut Child, sig: &str, within: Duration) {
-    if let Ok(Some(_)) = child.try_wait() {
-        return;
-    }
-    signal(child.id(), sig);
-    let t = Instant::now();
-    while t.elapsed() < within {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
-    eprintln!(
-        "server {} did not stop within {within:?}: SIGKILL",
-        child.id()
-    );
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 // ---------------------------------------------------------------------------
@@ -273,7 +247,7 @@ impl Pg {
     /// Fast shutdown (SIGINT), SIGKILL after 30 s.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            stop_child(&mut child, "INT", Duration::from_secs(30));
+            stop_child(&mut child, Some("INT"), Duration::from_secs(30));
         }
     }
 }
@@ -451,7 +425,7 @@ impl Maria {
     /// Clean shutdown (SIGTERM), SIGKILL after 30 s.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            stop_child(&mut child, "TERM", Duration::from_secs(30));
+            stop_child(&mut child, Some("TERM"), Duration::from_secs(30));
         }
     }
 }

@@ -283,6 +283,31 @@ fn detach_best_effort(device: &Path) {
     }
 }
 
+/// Stops a child process: signal `sig` (`Some("TERM")`; `None` when the caller
+/// has already asked it to end, e.g. by closing its stdin), wait at most
+/// `within` for it to exit, then SIGKILL and reap it. Never panics.
+pub fn stop_child(child: &mut Child, sig: Option<&str>, within: Duration) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
+    if let Some(sig) = sig {
+        let _ = run_status("kill", &[&format!("-{sig}"), &child.id().to_string()]);
+    }
+    let t = Instant::now();
+    while t.elapsed() < within {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!(
+        "quiesce test fixtures: process {} did not end within {within:?}: SIGKILL",
+        child.id()
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 /// Attaches `image` to a free loop device with `losetup -f --show
 /// --direct-io=off` (retried: concurrent attaches can race).
 fn attach_loop(image: &Path, read_only: bool) -> PathBuf {
