@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::lifecycle::{Refusal, Requested, State};
 use crate::metrics::Metrics;
 use crate::snapshot::model::Snapshot;
+use crate::snapshot::ports::Ports;
 use crate::snapshot::{self, Context, Control, ControlMsg, Request};
 
 /// How many finished snapshots are kept for `GET /v1/snapshots`.
@@ -131,6 +132,8 @@ pub struct Agent {
     /// The configuration for the next snapshot; a reload swaps it, a running snapshot keeps the
     /// one it started with.
     ctx: RwLock<Context>,
+    /// What runs hooks and freezes.
+    ports: Ports,
     /// The newest snapshot as it changes (the service status line follows it).
     latest: watch::Sender<Option<Snapshot>>,
     metrics: Arc<Metrics>,
@@ -162,10 +165,17 @@ fn valid_request_id(s: &str) -> bool {
 }
 
 impl Agent {
-    /// An agent with no snapshot yet.
+    /// An agent with no snapshot yet, freezing and running hooks for real.
     pub fn new(ctx: Context) -> Arc<Agent> {
+        let ports = Ports::real(&ctx.exe);
+        Agent::with_ports(ctx, ports)
+    }
+
+    /// An agent on the given seams (fakes in the in-process tests).
+    pub fn with_ports(ctx: Context, ports: Ports) -> Arc<Agent> {
         Arc::new(Agent {
             ctx: RwLock::new(ctx),
+            ports,
             latest: watch::channel(None).0,
             metrics: Arc::new(Metrics::new()),
             inner: Mutex::new(Inner::default()),
@@ -224,10 +234,11 @@ impl Agent {
             freeze_timeout: body.freeze_timeout_ms.map(Duration::from_millis),
             mounts: body.mounts.clone(),
             callback_url: body.callback_url.clone(),
+            preflush: true,
         };
         let ctx = self.context();
-        let prepared =
-            snapshot::prepare(&ctx, request).map_err(|e| CreateError::BadRequest(e.to_string()))?;
+        let prepared = snapshot::prepare_with(&ctx, &self.ports, request)
+            .map_err(|e| CreateError::BadRequest(e.to_string()))?;
         let mut inner = self.inner.lock().expect("agent lock");
         if let Some(early) = Self::admit_locked(&inner, &body)? {
             return Ok(early);
@@ -249,7 +260,16 @@ impl Agent {
         });
         let metrics = self.metrics.clone();
         metrics.set_active(true);
-        let run = snapshot::run(ctx, prepared, rx, report_tx);
+        let run = snapshot::run_with(
+            ctx,
+            self.ports.clone(),
+            prepared,
+            rx,
+            snapshot::Outputs {
+                report: report_tx,
+                freeze_view: None,
+            },
+        );
         let id = initial.id.clone();
         let task = tokio::spawn(async move {
             // A logind inhibitor lock from before the first pre hook until the last post hook

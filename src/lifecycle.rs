@@ -1,16 +1,18 @@
 //! The snapshot lifecycle as a pure state machine (contract: HTTP API states, Consistency rules).
 //!
-//! No IO, no clock, no tokio: the agent feeds it [`Event`]s (a pre hook finished, the freeze
-//! settled, the host's thaw, the deadline, an abort...) and carries out the [`Action`]s it
-//! answers with (run this hook, freeze, thaw). Every rule about states, consistency, thaw
-//! reasons and hook order lives here, and is unit-tested over the whole table of scenarios.
+//! No IO, no clock, no tokio: the driver feeds it [`Event`]s (a pre hook finished, the freeze
+//! settled or failed, the host's thaw, the freezer's thaw and why, an abort, the watchdog lost...)
+//! and carries out the [`Action`]s it answers with (run this hook, freeze, thaw, tell the host).
+//! Every rule about states, consistency, thaw reasons, report reasons and hook order lives here,
+//! and nowhere else: the driver keeps no state of its own about the snapshot. Unit-tested over
+//! the whole table of scenarios, and by random event sequences against the invariants.
 
 #![forbid(unsafe_code)]
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-/// Where a snapshot stands; the last three are end states.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// Where a snapshot stands, as reported; the last three are end states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum State {
     PreHooks,
@@ -45,7 +47,7 @@ impl State {
 }
 
 /// What the host asked for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Requested {
     Application,
@@ -53,7 +55,7 @@ pub enum Requested {
 }
 
 /// What the storage snapshot captured.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Consistency {
     Application,
@@ -72,14 +74,19 @@ impl Consistency {
     }
 }
 
-/// Why the mounts were thawed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// Why the mounts were thawed: the one enum of the agent, the watchdog's pipe and the reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ThawReason {
+    /// The host said the storage snapshot is done.
     Host,
+    /// The hard deadline passed.
     Deadline,
+    /// The snapshot was aborted.
     Abort,
+    /// The agent is stopping.
     Shutdown,
+    /// An error inside the agent (or the watchdog lost).
     Error,
 }
 
@@ -93,6 +100,94 @@ impl ThawReason {
             ThawReason::Shutdown => "shutdown",
             ThawReason::Error => "error",
         }
+    }
+}
+
+/// The stable codes of a report's `errors[].reason` and `warnings[].reason`
+/// (`docs/http.md` lists them; a test holds the two together).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    /// Error: a pre hook failed (either `on_failure`).
+    PreHookFailed,
+    /// Error: some target mounts did not freeze.
+    MountNotFrozen,
+    /// Error: the freeze could not start at all (nothing was frozen).
+    FreezeFailed,
+    /// Error: the deadline thawed the mounts before the host's thaw arrived.
+    Deadline,
+    /// Error: the mounts were thawed before the host's thaw for another reason.
+    ThawedEarly,
+    /// Error: the host reported that the storage snapshot failed.
+    StorageSnapshotFailed,
+    /// Warning: a post hook failed.
+    PostHookFailed,
+    /// Warning: `freeze.enabled: false`.
+    FreezeDisabled,
+    /// Warning: there was no mount to freeze.
+    NoTargetMounts,
+    /// Warning: something the freezer reported (pre-flush, memory lock, watchdog lost).
+    Freezer,
+    /// A reason from a newer agent that this build does not know (read side only).
+    #[serde(other)]
+    Unknown,
+}
+
+impl Reason {
+    /// Every reason an agent reports, errors first.
+    pub const ALL: [Reason; 10] = [
+        Reason::PreHookFailed,
+        Reason::MountNotFrozen,
+        Reason::FreezeFailed,
+        Reason::Deadline,
+        Reason::ThawedEarly,
+        Reason::StorageSnapshotFailed,
+        Reason::PostHookFailed,
+        Reason::FreezeDisabled,
+        Reason::NoTargetMounts,
+        Reason::Freezer,
+    ];
+
+    /// The wire spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::PreHookFailed => "pre_hook_failed",
+            Reason::MountNotFrozen => "mount_not_frozen",
+            Reason::FreezeFailed => "freeze_failed",
+            Reason::Deadline => "deadline",
+            Reason::ThawedEarly => "thawed_early",
+            Reason::StorageSnapshotFailed => "storage_snapshot_failed",
+            Reason::PostHookFailed => "post_hook_failed",
+            Reason::FreezeDisabled => "freeze_disabled",
+            Reason::NoTargetMounts => "no_target_mounts",
+            Reason::Freezer => "freezer",
+            Reason::Unknown => "unknown",
+        }
+    }
+
+    /// True for the reasons that go into `errors` (the others are warnings).
+    pub fn is_error(self) -> bool {
+        matches!(
+            self,
+            Reason::PreHookFailed
+                | Reason::MountNotFrozen
+                | Reason::FreezeFailed
+                | Reason::Deadline
+                | Reason::ThawedEarly
+                | Reason::StorageSnapshotFailed
+        )
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for Reason {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
     }
 }
 
@@ -116,18 +211,23 @@ pub struct Setup {
 }
 
 /// Something that happened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     /// A pre hook ended; `ok` means exit 0 within its timeout.
     PreHookFinished { hook: usize, ok: bool },
     /// Every target mount has an outcome: `frozen` of `targets` froze.
     FreezeSettled { targets: usize, frozen: usize },
+    /// The freeze could not start (no watchdog, a mount gone): nothing was frozen.
+    FreezeFailed { targets: usize, error: String },
     /// The host's `POST .../thaw`: `taken` or `failed`.
     HostThaw { taken: bool },
-    /// The mounts were thawed without being asked (the deadline, or an internal error).
-    ThawedBy(ThawReason),
-    /// The thaw we asked for is complete: nothing of ours is frozen.
-    ThawFinished,
+    /// Nothing of ours is frozen any more; `reason` is why the freezer thawed (the first reason
+    /// it acted on: the deadline, or the thaw we asked for).
+    Thawed { reason: ThawReason },
+    /// The watchdog died without finishing; the records in `state_dir` thawed what it held.
+    WatchdogLost { detail: String },
+    /// Something the freezer reports that does not change the outcome.
+    FreezerWarning { message: String },
     /// `DELETE`.
     Abort,
     /// The agent is stopping (SIGTERM).
@@ -136,7 +236,16 @@ pub enum Event {
     PostHookFinished { hook: usize, ok: bool },
 }
 
-/// Something for the agent to do now.
+/// A moment the host is told about (`callback_url`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Milestone {
+    /// The snapshot is `frozen`: the storage snapshot can be taken now.
+    Frozen,
+    /// The snapshot has reached its end state.
+    Ended,
+}
+
+/// Something for the driver to do now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
     RunPreHook {
@@ -148,7 +257,7 @@ pub enum Action {
     },
     /// Flush and freeze the target mounts (the deadline starts with the first FIFREEZE).
     Freeze,
-    /// Thaw everything frozen.
+    /// Thaw everything frozen; answered by [`Event::Thawed`].
     Thaw {
         reason: ThawReason,
     },
@@ -157,6 +266,8 @@ pub enum Action {
         hook: usize,
         thaw_reason: Option<ThawReason>,
     },
+    /// Tell the host (once per milestone).
+    Announce(Milestone),
 }
 
 /// Why an event was refused (the HTTP layer answers 409 with the snapshot).
@@ -171,10 +282,19 @@ pub enum Refusal {
 }
 
 /// A problem for the report's `errors` or `warnings`, with a stable reason code.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Problem {
-    pub reason: &'static str,
+    pub reason: Reason,
     pub message: String,
+}
+
+impl Problem {
+    fn new(reason: Reason, message: impl Into<String>) -> Problem {
+        Problem {
+            reason,
+            message: message.into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -183,25 +303,45 @@ enum Stop {
     Shutdown,
 }
 
+/// Where the snapshot stands, with the data each stage needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Stage {
+    /// `running`: the pre hook under way; `next`: the next one to consider.
+    PreHooks {
+        running: Option<usize>,
+        next: usize,
+    },
+    Freezing,
+    Frozen,
+    /// The thaw asked for, until the freezer says nothing of ours is frozen.
+    Thawing {
+        asked: ThawReason,
+    },
+    /// `queue`: the post hooks still due (the last runs first); `running`: the one under way.
+    PostHooks {
+        queue: Vec<usize>,
+        running: Option<usize>,
+    },
+    Ended(State),
+}
+
 /// One snapshot's lifecycle.
 #[derive(Debug, Clone)]
 pub struct Lifecycle {
     setup: Setup,
-    state: State,
+    stage: Stage,
     /// Pre hooks that started (their post hooks are due whatever happens).
     pre_started: Vec<bool>,
-    next_pre: usize,
-    running_pre: Option<usize>,
     pre_failed: bool,
     /// A pre hook failed with `on_failure: abort`.
     pre_aborted: bool,
     stop: Option<Stop>,
     host_thaw: Option<bool>,
+    /// The deadline thawed before the thaw we asked for reached the freezer.
+    deadline_first: bool,
     consistency: Option<Consistency>,
     thaw_reason: Option<ThawReason>,
     anything_frozen: bool,
-    post_queue: Vec<usize>,
-    running_post: Option<usize>,
     errors: Vec<Problem>,
     warnings: Vec<Problem>,
 }
@@ -212,29 +352,37 @@ impl Lifecycle {
         let n = setup.hooks.len();
         let mut lc = Lifecycle {
             setup,
-            state: State::PreHooks,
+            stage: Stage::PreHooks {
+                running: None,
+                next: 0,
+            },
             pre_started: vec![false; n],
-            next_pre: 0,
-            running_pre: None,
             pre_failed: false,
             pre_aborted: false,
             stop: None,
             host_thaw: None,
+            deadline_first: false,
             consistency: None,
             thaw_reason: None,
             anything_frozen: false,
-            post_queue: Vec::new(),
-            running_post: None,
             errors: Vec::new(),
             warnings: Vec::new(),
         };
         let mut actions = Vec::new();
-        lc.advance_pre(&mut actions);
+        lc.advance_pre(0, &mut actions);
         (lc, actions)
     }
 
+    /// The contract's state.
     pub fn state(&self) -> State {
-        self.state
+        match self.stage {
+            Stage::PreHooks { .. } => State::PreHooks,
+            Stage::Freezing => State::Freezing,
+            Stage::Frozen => State::Frozen,
+            Stage::Thawing { .. } => State::Thawing,
+            Stage::PostHooks { .. } => State::PostHooks,
+            Stage::Ended(s) => s,
+        }
     }
 
     /// Set when the snapshot becomes `frozen`; final in the end state.
@@ -263,38 +411,71 @@ impl Lifecycle {
         self.host_thaw.is_some()
     }
 
+    /// True once nothing can be frozen by this snapshot any more (the post hooks or the end):
+    /// a host's thaw or abort is answered then.
+    pub fn thawed(&self) -> bool {
+        matches!(self.stage, Stage::PostHooks { .. } | Stage::Ended(_))
+    }
+
     /// Handles one event; a refused one changes nothing.
     pub fn handle(&mut self, event: Event) -> Result<Vec<Action>, Refusal> {
         let mut actions = Vec::new();
         match event {
             Event::PreHookFinished { hook, ok } => self.pre_finished(hook, ok, &mut actions),
-            Event::FreezeSettled { targets, frozen } => self.freeze_settled(targets, frozen),
+            Event::FreezeSettled { targets, frozen } => {
+                // After an abort or shutdown the stage is already `thawing`: Thawed moves on.
+                if self.stage == Stage::Freezing {
+                    self.become_frozen(targets, frozen, &mut actions);
+                }
+            }
+            Event::FreezeFailed { targets, error } => {
+                if matches!(self.stage, Stage::Freezing | Stage::Thawing { .. }) {
+                    self.errors.push(Problem::new(
+                        Reason::FreezeFailed,
+                        format!("nothing was frozen: {error}"),
+                    ));
+                }
+                if self.stage == Stage::Freezing {
+                    self.become_frozen(targets, 0, &mut actions);
+                }
+            }
             Event::HostThaw { taken } => {
-                if self.state != State::Frozen || self.stop.is_some() {
-                    return Err(if self.state.is_end() {
-                        Refusal::Ended(self.state)
+                if self.stage != Stage::Frozen || self.stop.is_some() {
+                    let state = self.state();
+                    return Err(if state.is_end() {
+                        Refusal::Ended(state)
                     } else {
-                        Refusal::NotFrozen(self.state)
+                        Refusal::NotFrozen(state)
                     });
                 }
                 self.host_thaw = Some(taken);
                 if !taken {
-                    self.errors.push(Problem {
-                        reason: "storage_snapshot_failed",
-                        message: "the host reported that the storage snapshot failed".into(),
-                    });
+                    self.errors.push(Problem::new(
+                        Reason::StorageSnapshotFailed,
+                        "the host reported that the storage snapshot failed",
+                    ));
                 }
                 self.begin_thaw(ThawReason::Host, &mut actions);
             }
-            Event::ThawedBy(reason) => self.thawed_by(reason, &mut actions),
-            Event::ThawFinished => {
-                if self.state == State::Thawing {
-                    self.begin_post(&mut actions);
+            Event::Thawed { reason } => self.thawed_by(reason, &mut actions),
+            Event::WatchdogLost { detail } => {
+                if matches!(
+                    self.stage,
+                    Stage::Freezing | Stage::Frozen | Stage::Thawing { .. }
+                ) {
+                    self.warnings.push(Problem::new(Reason::Freezer, detail));
+                    self.thawed_by(ThawReason::Error, &mut actions);
+                }
+            }
+            Event::FreezerWarning { message } => {
+                if !matches!(self.stage, Stage::Ended(_)) {
+                    self.warnings.push(Problem::new(Reason::Freezer, message));
                 }
             }
             Event::Abort => {
-                if self.state.is_end() {
-                    return Err(Refusal::Ended(self.state));
+                let state = self.state();
+                if state.is_end() {
+                    return Err(Refusal::Ended(state));
                 }
                 if self.host_thaw.is_some() {
                     return Err(Refusal::HostThawArrived);
@@ -303,64 +484,74 @@ impl Lifecycle {
             }
             Event::Shutdown => {
                 // Once the host's thaw is in, the snapshot finishes as it would have.
-                if !self.state.is_end() && self.host_thaw.is_none() {
+                if !self.state().is_end() && self.host_thaw.is_none() {
                     self.stop_now(Stop::Shutdown, &mut actions);
                 }
             }
             Event::PostHookFinished { hook, ok } => {
-                if self.running_post == Some(hook) {
-                    self.running_post = None;
-                    if !ok {
-                        self.warnings.push(Problem {
-                            reason: "post_hook_failed",
-                            message: format!("post hook {} failed", self.setup.hooks[hook].name),
-                        });
+                if let Stage::PostHooks { running, .. } = &mut self.stage {
+                    if *running == Some(hook) {
+                        *running = None;
+                        if !ok {
+                            self.warnings.push(Problem::new(
+                                Reason::PostHookFailed,
+                                format!("post hook {} failed", self.setup.hooks[hook].name),
+                            ));
+                        }
+                        self.next_post(&mut actions);
                     }
-                    self.next_post(&mut actions);
                 }
             }
         }
         Ok(actions)
     }
 
-    /// Starts the next pre hook, or moves on to the freeze when there is none left.
-    fn advance_pre(&mut self, actions: &mut Vec<Action>) {
+    /// Starts the next pre hook from `next`, or moves on to the freeze when none is left.
+    fn advance_pre(&mut self, mut next: usize, actions: &mut Vec<Action>) {
         if self.setup.requested == Requested::Application {
-            while self.next_pre < self.setup.hooks.len() {
-                let i = self.next_pre;
-                self.next_pre += 1;
+            while next < self.setup.hooks.len() {
+                let i = next;
+                next += 1;
                 // A hook without `pre` counts as having run its empty pre when its turn came.
                 self.pre_started[i] = true;
                 if self.setup.hooks[i].has_pre {
-                    self.running_pre = Some(i);
+                    self.stage = Stage::PreHooks {
+                        running: Some(i),
+                        next,
+                    };
                     actions.push(Action::RunPreHook { hook: i });
                     return;
                 }
             }
         }
-        self.state = State::Freezing;
+        self.stage = Stage::Freezing;
         if self.setup.freeze_enabled {
             actions.push(Action::Freeze);
         } else {
-            self.warnings.push(Problem {
-                reason: "freeze_disabled",
-                message: "freezing is disabled (freeze.enabled: false): crash-consistent at best"
-                    .into(),
-            });
-            self.become_frozen(0, 0);
+            self.warnings.push(Problem::new(
+                Reason::FreezeDisabled,
+                "freezing is disabled (freeze.enabled: false): crash-consistent at best",
+            ));
+            self.become_frozen(0, 0, actions);
         }
     }
 
     fn pre_finished(&mut self, hook: usize, ok: bool, actions: &mut Vec<Action>) {
-        if self.running_pre != Some(hook) {
+        let Stage::PreHooks { running, next } = self.stage else {
+            return;
+        };
+        if running != Some(hook) {
             return;
         }
-        self.running_pre = None;
+        self.stage = Stage::PreHooks {
+            running: None,
+            next,
+        };
         if !ok {
             let h = &self.setup.hooks[hook];
-            self.errors.push(Problem {
-                reason: "pre_hook_failed",
-                message: format!(
+            self.errors.push(Problem::new(
+                Reason::PreHookFailed,
+                format!(
                     "pre hook {} failed (on_failure: {})",
                     h.name,
                     if h.abort_on_failure {
@@ -369,7 +560,7 @@ impl Lifecycle {
                         "continue"
                     }
                 ),
-            });
+            ));
             self.pre_failed = true;
             if h.abort_on_failure && self.stop.is_none() {
                 self.pre_aborted = true;
@@ -380,34 +571,28 @@ impl Lifecycle {
         if self.stop.is_some() {
             self.begin_post(actions);
         } else {
-            self.advance_pre(actions);
+            self.advance_pre(next, actions);
         }
     }
 
-    fn freeze_settled(&mut self, targets: usize, frozen: usize) {
-        // After an abort or shutdown the state is already `thawing`: ThawFinished moves us on.
-        if self.state == State::Freezing {
-            self.become_frozen(targets, frozen);
-        }
-    }
-
-    fn become_frozen(&mut self, targets: usize, frozen: usize) {
+    fn become_frozen(&mut self, targets: usize, frozen: usize, actions: &mut Vec<Action>) {
         self.anything_frozen = frozen > 0;
-        self.state = State::Frozen;
-        let all_froze = self.setup.freeze_enabled && targets > 0 && frozen == targets;
-        if self.setup.freeze_enabled && frozen < targets {
-            self.errors.push(Problem {
-                reason: "mount_not_frozen",
-                message: format!(
+        self.stage = Stage::Frozen;
+        let enabled = self.setup.freeze_enabled;
+        let all_froze = enabled && targets > 0 && frozen == targets;
+        if enabled && frozen < targets {
+            self.errors.push(Problem::new(
+                Reason::MountNotFrozen,
+                format!(
                     "{} of {targets} target mounts did not freeze",
                     targets - frozen
                 ),
-            });
-        } else if self.setup.freeze_enabled && targets == 0 {
-            self.warnings.push(Problem {
-                reason: "no_target_mounts",
-                message: "no mount could be frozen: crash-consistent at best".into(),
-            });
+            ));
+        } else if enabled && targets == 0 {
+            self.warnings.push(Problem::new(
+                Reason::NoTargetMounts,
+                "no mount could be frozen: crash-consistent at best",
+            ));
         }
         self.consistency = Some(if !all_froze {
             Consistency::Crash
@@ -419,39 +604,53 @@ impl Lifecycle {
         } else {
             Consistency::FileSystem
         });
+        actions.push(Action::Announce(Milestone::Frozen));
     }
 
     fn begin_thaw(&mut self, reason: ThawReason, actions: &mut Vec<Action>) {
         self.thaw_reason = self.anything_frozen.then_some(reason);
-        self.state = State::Thawing;
+        self.stage = Stage::Thawing { asked: reason };
         actions.push(Action::Thaw { reason });
     }
 
+    /// The freezer says nothing of ours is frozen any more, for `reason`.
     fn thawed_by(&mut self, reason: ThawReason, actions: &mut Vec<Action>) {
-        match self.state {
-            State::Freezing | State::Frozen => {
-                if self.stop.is_some() {
-                    return;
-                }
+        match self.stage {
+            Stage::Freezing | Stage::Frozen => {
+                // Unasked: the deadline, or an error in the freezer.
                 self.thaw_reason = Some(reason);
-                self.consistency = Some(Consistency::Crash);
-                self.errors.push(Problem {
-                    reason: match reason {
-                        ThawReason::Deadline => "deadline",
-                        _ => "thawed_early",
-                    },
-                    message: match reason {
-                        ThawReason::Deadline => {
-                            "the deadline thawed the mounts before the host's thaw arrived".into()
-                        }
-                        r => format!("the mounts were thawed early ({})", r.as_str()),
-                    },
-                });
+                self.early_thaw_error(reason);
                 self.begin_post(actions);
             }
-            State::Thawing => self.begin_post(actions),
+            Stage::Thawing { asked } => {
+                if reason == ThawReason::Deadline && asked != ThawReason::Deadline {
+                    // The deadline reached the freezer before the thaw we asked for.
+                    if self.anything_frozen {
+                        self.thaw_reason = Some(ThawReason::Deadline);
+                    }
+                    if asked == ThawReason::Host {
+                        self.deadline_first = true;
+                        self.early_thaw_error(reason);
+                    }
+                }
+                self.begin_post(actions);
+            }
             _ => {}
         }
+    }
+
+    fn early_thaw_error(&mut self, reason: ThawReason) {
+        self.consistency = Some(Consistency::Crash);
+        self.errors.push(match reason {
+            ThawReason::Deadline => Problem::new(
+                Reason::Deadline,
+                "the deadline thawed the mounts before the host's thaw arrived",
+            ),
+            r => Problem::new(
+                Reason::ThawedEarly,
+                format!("the mounts were thawed early ({})", r.as_str()),
+            ),
+        });
     }
 
     fn stop_now(&mut self, stop: Stop, actions: &mut Vec<Action>) {
@@ -463,65 +662,72 @@ impl Lifecycle {
             Stop::Abort => ThawReason::Abort,
             Stop::Shutdown => ThawReason::Shutdown,
         };
-        match self.state {
-            State::PreHooks => {
-                if let Some(hook) = self.running_pre {
+        match self.stage {
+            Stage::PreHooks { running, .. } => {
+                if let Some(hook) = running {
                     actions.push(Action::CancelPreHook { hook });
                 } else {
                     self.begin_post(actions);
                 }
             }
-            State::Freezing | State::Frozen => {
-                // Freezing: some FIFREEZE may be under way; whatever froze counts as frozen.
-                if self.state == State::Freezing {
-                    self.anything_frozen = true;
-                }
+            Stage::Freezing => {
+                // Some FIFREEZE may be under way: whatever froze counts as frozen.
+                self.anything_frozen = true;
                 self.begin_thaw(reason, actions);
             }
+            Stage::Frozen => self.begin_thaw(reason, actions),
             // Already thawed (deadline) or thawing: the post hooks run as planned.
             _ => {}
         }
     }
 
     fn begin_post(&mut self, actions: &mut Vec<Action>) {
-        self.state = State::PostHooks;
-        self.post_queue = (0..self.setup.hooks.len())
+        let queue = (0..self.setup.hooks.len())
             .filter(|&i| self.pre_started[i] && self.setup.hooks[i].has_post)
             .collect();
+        self.stage = Stage::PostHooks {
+            queue,
+            running: None,
+        };
         self.next_post(actions);
     }
 
     fn next_post(&mut self, actions: &mut Vec<Action>) {
+        let Stage::PostHooks { queue, running } = &mut self.stage else {
+            return;
+        };
         // Reverse order: the last hook whose pre ran gets its post first.
-        if let Some(hook) = self.post_queue.pop() {
-            self.running_post = Some(hook);
+        if let Some(hook) = queue.pop() {
+            *running = Some(hook);
             actions.push(Action::RunPostHook {
                 hook,
                 thaw_reason: self.thaw_reason,
             });
         } else {
-            self.finish();
+            self.finish(actions);
         }
     }
 
-    fn finish(&mut self) {
-        self.state = if self.stop.is_some() {
+    fn finish(&mut self, actions: &mut Vec<Action>) {
+        let end = if self.stop.is_some() {
             State::Aborted
         } else if self.pre_aborted || self.host_thaw == Some(false) {
             State::Failed
-        } else if self.host_thaw == Some(true) {
+        } else if self.host_thaw == Some(true) && !self.deadline_first {
             State::Succeeded
         } else {
             // Thawed before the host's thaw (deadline, error).
             State::Failed
         };
-        match self.state {
+        match end {
             State::Aborted => self.consistency = None,
             State::Failed if self.pre_aborted || self.host_thaw == Some(false) => {
                 self.consistency = None
             }
             _ => {}
         }
+        self.stage = Stage::Ended(end);
+        actions.push(Action::Announce(Milestone::Ended));
     }
 }
 
@@ -582,6 +788,19 @@ mod tests {
                 pending.extend(next);
             }
         }
+        /// The freezer's answer to the last thaw asked for.
+        fn thaw_done(&mut self) {
+            let reason = self
+                .log
+                .iter()
+                .rev()
+                .find_map(|a| match a {
+                    Action::Thaw { reason } => Some(*reason),
+                    _ => None,
+                })
+                .expect("a thaw was asked for");
+            self.send(Event::Thawed { reason });
+        }
         fn pre_order(&self) -> Vec<usize> {
             self.log
                 .iter()
@@ -636,7 +855,7 @@ mod tests {
         if r.lc.state() == State::Frozen {
             r.send(Event::HostThaw { taken });
             assert_eq!(r.lc.state(), State::Thawing);
-            r.send(Event::ThawFinished);
+            r.thaw_done();
             r.hooks_answer(pre_ok, true);
         }
         r
@@ -783,7 +1002,7 @@ mod tests {
             (S::Frozen, Some(C::Crash))
         );
         r.send(Event::HostThaw { taken: true });
-        r.send(Event::ThawFinished);
+        r.thaw_done();
         r.hooks_answer(&|_| true, true);
         assert_eq!(r.end(), (S::Succeeded, Some(C::Crash), None));
     }
@@ -796,7 +1015,9 @@ mod tests {
             targets: 1,
             frozen: 1,
         });
-        r.send(Event::ThawedBy(T::Deadline));
+        r.send(Event::Thawed {
+            reason: T::Deadline,
+        });
         assert_eq!(r.lc.state(), S::PostHooks);
         // The host's thaw after the deadline: 409.
         assert_eq!(
@@ -820,7 +1041,9 @@ mod tests {
     fn the_deadline_while_a_freeze_hangs_is_crash() {
         let mut r = Run::new(setup(Requested::Application, vec![]));
         assert_eq!(r.lc.state(), S::Freezing);
-        r.send(Event::ThawedBy(T::Deadline));
+        r.send(Event::Thawed {
+            reason: T::Deadline,
+        });
         assert_eq!(r.end(), (S::Failed, Some(C::Crash), Some(T::Deadline)));
     }
 
@@ -852,7 +1075,7 @@ mod tests {
             r.lc.handle(Event::HostThaw { taken: true }),
             Err(Refusal::NotFrozen(S::Thawing))
         );
-        r.send(Event::ThawFinished);
+        r.thaw_done();
         r.hooks_answer(&|_| true, true);
         assert_eq!(r.end(), (S::Aborted, None, Some(T::Abort)));
         assert_eq!(r.post_order().len(), 3);
@@ -886,7 +1109,7 @@ mod tests {
             frozen: 1,
         });
         assert_eq!(r.lc.state(), S::Thawing);
-        r.send(Event::ThawFinished);
+        r.thaw_done();
         r.hooks_answer(&|_| true, true);
         assert_eq!(r.end(), (S::Aborted, None, Some(T::Abort)));
     }
@@ -901,7 +1124,7 @@ mod tests {
         });
         r.send(Event::HostThaw { taken: true });
         assert_eq!(r.lc.handle(Event::Abort), Err(Refusal::HostThawArrived));
-        r.send(Event::ThawFinished);
+        r.thaw_done();
         assert_eq!(r.lc.handle(Event::Abort), Err(Refusal::HostThawArrived));
     }
 
@@ -913,7 +1136,9 @@ mod tests {
             targets: 1,
             frozen: 1,
         });
-        r.send(Event::ThawedBy(T::Deadline));
+        r.send(Event::Thawed {
+            reason: T::Deadline,
+        });
         assert!(r.send(Event::Abort).is_empty(), "nothing left to thaw");
         r.hooks_answer(&|_| true, true);
         assert_eq!(r.end(), (S::Aborted, None, Some(T::Deadline)));
@@ -933,7 +1158,7 @@ mod tests {
                 reason: T::Shutdown
             }]
         );
-        r.send(Event::ThawFinished);
+        r.thaw_done();
         r.hooks_answer(&|_| true, true);
         assert_eq!(r.end(), (S::Aborted, None, Some(T::Shutdown)));
         assert_eq!(r.post_order()[0], (2, Some(T::Shutdown)));
@@ -949,7 +1174,7 @@ mod tests {
         });
         r.send(Event::HostThaw { taken: true });
         assert!(r.send(Event::Shutdown).is_empty());
-        r.send(Event::ThawFinished);
+        r.thaw_done();
         r.hooks_answer(&|_| true, true);
         assert_eq!(r.end(), (S::Succeeded, Some(C::Application), Some(T::Host)));
     }
@@ -986,7 +1211,7 @@ mod tests {
             frozen: 1,
         });
         r.send(Event::HostThaw { taken: true });
-        r.send(Event::ThawFinished);
+        r.thaw_done();
         r.hooks_answer(&|_| true, false);
         assert_eq!(r.end(), (S::Succeeded, Some(C::Application), Some(T::Host)));
         assert_eq!(r.lc.warnings().len(), 3);
@@ -1011,7 +1236,7 @@ mod tests {
             targets: 1,
             frozen: 1,
         });
-        r.send(Event::ThawedBy(T::Error));
+        r.send(Event::Thawed { reason: T::Error });
         assert_eq!(r.end(), (S::Failed, Some(C::Crash), Some(T::Error)));
     }
 
@@ -1020,8 +1245,445 @@ mod tests {
         let mut r = Run::new(setup(Requested::Application, three_hooks()));
         r.send(Event::PreHookFinished { hook: 2, ok: true });
         r.send(Event::PostHookFinished { hook: 0, ok: true });
-        r.send(Event::ThawFinished);
+        r.send(Event::Thawed { reason: T::Host });
         assert_eq!(r.lc.state(), S::PreHooks);
         assert_eq!(r.pre_order(), [0]);
+    }
+
+    #[test]
+    fn the_deadline_racing_the_host_thaw_is_crash_and_failed() {
+        let mut r = Run::new(setup(Requested::Application, three_hooks()));
+        r.hooks_answer(&|_| true, true);
+        r.send(Event::FreezeSettled {
+            targets: 1,
+            frozen: 1,
+        });
+        r.send(Event::HostThaw { taken: true });
+        // The watchdog had already thawed at the deadline when our thaw reached it.
+        r.send(Event::Thawed {
+            reason: T::Deadline,
+        });
+        r.hooks_answer(&|_| true, true);
+        assert_eq!(r.end(), (S::Failed, Some(C::Crash), Some(T::Deadline)));
+        assert_eq!(r.lc.errors()[0].reason, Reason::Deadline);
+        assert!(r.post_order().iter().all(|(_, t)| *t == Some(T::Deadline)));
+    }
+
+    #[test]
+    fn a_freeze_that_cannot_start_is_crash_with_both_errors() {
+        let mut r = Run::new(setup(Requested::Application, vec![]));
+        r.send(Event::FreezeFailed {
+            targets: 2,
+            error: "the watchdog did not start".into(),
+        });
+        assert_eq!(
+            (r.lc.state(), r.lc.consistency()),
+            (S::Frozen, Some(C::Crash))
+        );
+        let reasons: Vec<Reason> = r.lc.errors().iter().map(|p| p.reason).collect();
+        assert_eq!(reasons, [Reason::FreezeFailed, Reason::MountNotFrozen]);
+        r.send(Event::HostThaw { taken: true });
+        r.thaw_done();
+        assert_eq!(r.end(), (S::Succeeded, Some(C::Crash), None));
+    }
+
+    #[test]
+    fn a_lost_watchdog_while_frozen_is_an_early_thaw() {
+        let mut r = Run::new(setup(Requested::Application, three_hooks()));
+        r.hooks_answer(&|_| true, true);
+        r.send(Event::FreezeSettled {
+            targets: 1,
+            frozen: 1,
+        });
+        r.send(Event::WatchdogLost {
+            detail: "the watchdog exited".into(),
+        });
+        r.hooks_answer(&|_| true, true);
+        assert_eq!(r.end(), (S::Failed, Some(C::Crash), Some(T::Error)));
+        assert_eq!(r.lc.errors()[0].reason, Reason::ThawedEarly);
+        assert_eq!(r.lc.warnings()[0].reason, Reason::Freezer);
+        assert_eq!(r.post_order().len(), 3);
+    }
+
+    #[test]
+    fn a_lost_watchdog_after_the_host_thaw_still_succeeds() {
+        let mut r = Run::new(setup(Requested::Application, vec![]));
+        r.send(Event::FreezeSettled {
+            targets: 1,
+            frozen: 1,
+        });
+        r.send(Event::HostThaw { taken: true });
+        r.send(Event::WatchdogLost {
+            detail: "gone".into(),
+        });
+        assert_eq!(r.end(), (S::Succeeded, Some(C::FileSystem), Some(T::Host)));
+        assert_eq!(r.lc.warnings().len(), 1);
+    }
+
+    #[test]
+    fn freezer_warnings_are_kept_in_order() {
+        let mut r = Run::new(setup(Requested::Application, vec![]));
+        r.send(Event::FreezerWarning {
+            message: "mlockall".into(),
+        });
+        r.send(Event::FreezeSettled {
+            targets: 1,
+            frozen: 1,
+        });
+        assert_eq!(r.lc.warnings()[0].message, "mlockall");
+        assert_eq!(r.lc.warnings()[0].reason, Reason::Freezer);
+    }
+
+    #[test]
+    fn the_host_is_told_once_at_frozen_and_once_at_the_end() {
+        let r = cycle(
+            setup(Requested::Application, three_hooks()),
+            &|_| true,
+            1,
+            1,
+            true,
+        );
+        let told: Vec<Milestone> = r
+            .log
+            .iter()
+            .filter_map(|a| match a {
+                Action::Announce(m) => Some(*m),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(told, [Milestone::Frozen, Milestone::Ended]);
+    }
+
+    #[test]
+    fn reasons_serialize_as_their_codes() {
+        for r in Reason::ALL {
+            assert_eq!(
+                serde_json::to_string(&r).unwrap(),
+                format!("\"{}\"", r.as_str())
+            );
+        }
+        let unknown: Reason = serde_json::from_str("\"from_the_future\"").unwrap();
+        assert_eq!(unknown, Reason::Unknown);
+    }
+
+    #[test]
+    fn docs_http_lists_exactly_the_reasons() {
+        let doc = include_str!("../docs/http.md");
+        let start = doc.find("Codes:").expect("docs/http.md lists the codes");
+        let end = start + doc[start..].find("\n- ").expect("end of the codes item");
+        let listed: Vec<&str> = doc[start..end].split('`').skip(1).step_by(2).collect();
+        let errors: Vec<&str> = Reason::ALL
+            .iter()
+            .filter(|r| r.is_error())
+            .map(|r| r.as_str())
+            .collect();
+        let warnings: Vec<&str> = Reason::ALL
+            .iter()
+            .filter(|r| !r.is_error())
+            .map(|r| r.as_str())
+            .collect();
+        assert_eq!(listed, [errors, warnings].concat());
+    }
+
+    /// Random event sequences against the invariants of the contract.
+    mod property {
+        use super::*;
+
+        /// xorshift64*: deterministic, no dependency.
+        struct Rng(u64);
+        impl Rng {
+            fn next(&mut self) -> u64 {
+                self.0 ^= self.0 >> 12;
+                self.0 ^= self.0 << 25;
+                self.0 ^= self.0 >> 27;
+                self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+            }
+            fn below(&mut self, n: u64) -> usize {
+                (self.next() % n) as usize
+            }
+            fn chance(&mut self, percent: u64) -> bool {
+                self.next() % 100 < percent
+            }
+        }
+
+        /// What is under way outside the lifecycle.
+        #[derive(Default)]
+        struct World {
+            pre: Option<usize>,
+            post: Option<usize>,
+            freezing: bool,
+            thawing: Option<ThawReason>,
+            /// Mounts that froze (known once the freeze settled).
+            frozen: usize,
+        }
+
+        struct Trace {
+            actions: Vec<Action>,
+            pre_ok: Vec<bool>,
+            settled: Option<(usize, usize)>,
+            thawed_seen: bool,
+            host: Option<bool>,
+            early: Option<ThawReason>,
+            stopped: bool,
+        }
+
+        fn one_run(seed: u64) {
+            let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+            let n = rng.below(4);
+            let hooks: Vec<HookPlan> = (0..n)
+                .map(|i| HookPlan {
+                    name: format!("h{i}"),
+                    has_pre: rng.chance(80),
+                    has_post: rng.chance(80),
+                    abort_on_failure: rng.chance(30),
+                })
+                .collect();
+            let s = Setup {
+                requested: if rng.chance(80) {
+                    Requested::Application
+                } else {
+                    Requested::FileSystem
+                },
+                hooks: hooks.clone(),
+                freeze_enabled: rng.chance(90),
+            };
+            let (mut lc, first) = Lifecycle::start(s.clone());
+            let mut w = World::default();
+            let mut t = Trace {
+                actions: Vec::new(),
+                pre_ok: vec![true; n],
+                settled: None,
+                thawed_seen: false,
+                host: None,
+                early: None,
+                stopped: false,
+            };
+            let mut todo: Vec<Action> = first;
+            for _step in 0..400 {
+                for a in todo.drain(..) {
+                    t.actions.push(a);
+                    match a {
+                        Action::RunPreHook { hook } => w.pre = Some(hook),
+                        Action::RunPostHook { hook, .. } => w.post = Some(hook),
+                        Action::Freeze => w.freezing = true,
+                        Action::Thaw { reason } => w.thawing = Some(reason),
+                        Action::CancelPreHook { .. } | Action::Announce(_) => {}
+                    }
+                }
+                if lc.state().is_end() {
+                    break;
+                }
+                let state = lc.state();
+                let ev = match rng.below(10) {
+                    0 if state != State::Frozen => Event::Abort,
+                    1 if rng.chance(30) => Event::Shutdown,
+                    2 if state == State::Frozen && w.thawing.is_none() => {
+                        let taken = rng.chance(70);
+                        Event::HostThaw { taken }
+                    }
+                    3 if (w.freezing || w.frozen > 0) && w.thawing.is_none() => {
+                        // The deadline (or an error) thaws by itself.
+                        let reason = if rng.chance(80) {
+                            ThawReason::Deadline
+                        } else {
+                            ThawReason::Error
+                        };
+                        w.freezing = false;
+                        w.frozen = 0;
+                        if state == State::Freezing || state == State::Frozen {
+                            t.early = Some(reason);
+                        }
+                        if rng.chance(20) {
+                            Event::WatchdogLost {
+                                detail: "gone".into(),
+                            }
+                        } else {
+                            Event::Thawed { reason }
+                        }
+                    }
+                    4 => Event::FreezerWarning {
+                        message: "w".into(),
+                    },
+                    _ => {
+                        if let Some(hook) = w.pre.take() {
+                            let ok = rng.chance(75);
+                            t.pre_ok[hook] = ok;
+                            Event::PreHookFinished { hook, ok }
+                        } else if let Some(hook) = w.post.take() {
+                            Event::PostHookFinished {
+                                hook,
+                                ok: rng.chance(80),
+                            }
+                        } else if w.freezing {
+                            w.freezing = false;
+                            let targets = rng.below(4);
+                            if rng.chance(10) {
+                                t.settled = Some((targets, 0));
+                                Event::FreezeFailed {
+                                    targets,
+                                    error: "x".into(),
+                                }
+                            } else {
+                                let frozen = if rng.chance(70) {
+                                    targets
+                                } else {
+                                    rng.below(targets as u64 + 1)
+                                };
+                                w.frozen = frozen;
+                                t.settled = Some((targets, frozen));
+                                Event::FreezeSettled { targets, frozen }
+                            }
+                        } else if let Some(reason) = w.thawing.take() {
+                            w.frozen = 0;
+                            Event::Thawed { reason }
+                        } else if state == State::Frozen {
+                            Event::HostThaw {
+                                taken: rng.chance(70),
+                            }
+                        } else {
+                            continue;
+                        }
+                    }
+                };
+                if matches!(ev, Event::Thawed { .. } | Event::WatchdogLost { .. })
+                    && matches!(state, State::Freezing | State::Frozen | State::Thawing)
+                {
+                    t.thawed_seen = true;
+                }
+                let is_stop = matches!(ev, Event::Abort | Event::Shutdown);
+                let host = match ev {
+                    Event::HostThaw { taken } => Some(taken),
+                    _ => None,
+                };
+                if let Ok(actions) = lc.handle(ev) {
+                    if host.is_some() {
+                        t.host = host;
+                    }
+                    if is_stop && lc.host_thaw.is_none() {
+                        t.stopped = true;
+                    }
+                    todo = actions;
+                }
+            }
+            assert!(lc.state().is_end(), "seed {seed}: never ended ({lc:?})");
+            check(seed, &s, &lc, &t);
+        }
+
+        fn check(seed: u64, s: &Setup, lc: &Lifecycle, t: &Trace) {
+            let froze = t.actions.contains(&Action::Freeze);
+            // Every freeze is followed by a thaw: the end comes only after the freezer said
+            // nothing of ours is frozen.
+            if froze {
+                assert!(t.thawed_seen, "seed {seed}: ended without a thaw");
+            }
+            // Post hooks: in reverse order, for exactly the hooks whose pre started.
+            let pres: Vec<usize> = t
+                .actions
+                .iter()
+                .filter_map(|a| match a {
+                    Action::RunPreHook { hook } => Some(*hook),
+                    _ => None,
+                })
+                .collect();
+            // Every hook was considered once the snapshot got to the freeze; else those up to
+            // the last pre hook that ran.
+            let reached_freeze = t
+                .actions
+                .iter()
+                .any(|a| matches!(a, Action::Freeze | Action::Announce(Milestone::Frozen)));
+            let considered = if reached_freeze {
+                s.hooks.len()
+            } else {
+                pres.last().map_or(0, |&l| l + 1)
+            };
+            let started: Vec<usize> = if s.requested == Requested::Application {
+                (0..considered)
+                    .filter(|&i| !s.hooks[i].has_pre || pres.contains(&i))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            assert_eq!(
+                started,
+                (0..s.hooks.len())
+                    .filter(|&i| lc.pre_started[i])
+                    .collect::<Vec<_>>(),
+                "seed {seed}: pre hooks started"
+            );
+            let expected_posts: Vec<usize> = started
+                .iter()
+                .rev()
+                .copied()
+                .filter(|&i| s.hooks[i].has_post)
+                .collect();
+            let posts: Vec<(usize, Option<ThawReason>)> = t
+                .actions
+                .iter()
+                .filter_map(|a| match a {
+                    Action::RunPostHook { hook, thaw_reason } => Some((*hook, *thaw_reason)),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(
+                posts.iter().map(|p| p.0).collect::<Vec<_>>(),
+                expected_posts,
+                "seed {seed}: post hooks"
+            );
+            assert!(
+                posts.iter().all(|p| p.1 == lc.thaw_reason()),
+                "seed {seed}: post hooks see the final thaw reason"
+            );
+            // Consistency follows the contract's table.
+            let state = lc.state();
+            if t.stopped {
+                assert_eq!(state, State::Aborted, "seed {seed}");
+                assert_eq!(lc.consistency(), None, "seed {seed}");
+                return;
+            }
+            let pre_aborted = (0..s.hooks.len())
+                .any(|i| pres.contains(&i) && !t.pre_ok[i] && s.hooks[i].abort_on_failure);
+            if pre_aborted {
+                assert!(!froze, "seed {seed}: a failed abort hook freezes nothing");
+                assert_eq!((state, lc.consistency()), (State::Failed, None), "{seed}");
+                return;
+            }
+            if t.host == Some(false) {
+                assert_eq!((state, lc.consistency()), (State::Failed, None), "{seed}");
+                return;
+            }
+            if t.early.is_some() || lc.deadline_first {
+                assert_eq!(
+                    (state, lc.consistency()),
+                    (State::Failed, Some(Consistency::Crash)),
+                    "seed {seed}"
+                );
+                return;
+            }
+            assert_eq!(state, State::Succeeded, "seed {seed}");
+            let all_froze = s.freeze_enabled
+                && t.settled
+                    .is_some_and(|(targets, frozen)| targets > 0 && frozen == targets);
+            let expected = if !all_froze {
+                Consistency::Crash
+            } else if s.requested == Requested::Application
+                && !s.hooks.is_empty()
+                && t.pre_ok
+                    .iter()
+                    .enumerate()
+                    .all(|(i, ok)| *ok || !pres.contains(&i))
+            {
+                Consistency::Application
+            } else {
+                Consistency::FileSystem
+            };
+            assert_eq!(lc.consistency(), Some(expected), "seed {seed}");
+        }
+
+        #[test]
+        fn random_event_sequences_keep_the_invariants() {
+            for seed in 0..5000 {
+                one_run(seed);
+            }
+        }
     }
 }

@@ -630,7 +630,7 @@ mod tests {
                 hook(HOOK_B, "post", Some(0), 7),
             ],
             errors: vec![Problem {
-                reason: "pre_hook_failed",
+                reason: crate::lifecycle::Reason::PreHookFailed,
                 message: format!("pre hook {HOOK_A} failed"),
             }],
             warnings: vec![],

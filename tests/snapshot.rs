@@ -93,6 +93,7 @@ fn start(ctx: &Context, requested: Requested) -> Running {
         freeze_timeout: None,
         mounts: None,
         callback_url: None,
+        preflush: true,
     };
     let prepared = snapshot::prepare(ctx, request).expect("request accepted");
     let (tx, rx) = mpsc::channel(8);
@@ -351,6 +352,7 @@ async fn a_bad_request_is_refused_before_anything_runs() {
                 freeze_timeout: timeout,
                 mounts,
                 callback_url: None,
+                preflush: true,
             },
         )
         .unwrap_err()

@@ -1,24 +1,30 @@
-//! `quiesce freeze`: a local freeze under the watchdog, without the daemon.
+//! `quiesce freeze`: a local freeze without the daemon, through the same snapshot path as every
+//! other front door (a `file_system` snapshot with no hooks, driven from the command line).
 //!
 //! Output, on stdout, one JSON object per line: `{"event":"frozen",...}` once every mount has an
 //! outcome, then `{"event":"done",...}` after the thaw. Exit 0 only when every target froze and
 //! was thawed before the deadline.
 
 use std::os::fd::AsFd;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::Arc;
 
-use anyhow::{bail, Context};
+use anyhow::{bail, Context as _};
 use serde::Serialize;
 use tokio::io::AsyncBufReadExt;
 use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::cli::FreezeArgs;
-use crate::freezer::protocol::{escaped_path, ThawReason};
+use crate::freezer::protocol::escaped_path;
 use crate::freezer::records::{self, AgentLock, Recovery};
 use crate::freezer::select::SkipReason;
-use crate::freezer::session::{rfc3339, FreezeSession, MountStatus, Outcome};
+use crate::freezer::session::{rfc3339, MountStatus, Outcome};
 use crate::freezer::{self, FreezeOptions};
+use crate::lifecycle::{Reason, Requested, State, ThawReason};
+use crate::snapshot::ports::{FreezeView, Ports};
+use crate::snapshot::{self, Context, Control, ControlMsg, Outputs, Request, RequestError};
 
 /// A mount that is not frozen, and why.
 #[derive(Debug, Serialize)]
@@ -47,23 +53,23 @@ struct Report<'a> {
 
 fn print_report(
     event: &str,
-    s: &FreezeSession,
+    v: &FreezeView,
     skipped: &[Skipped],
     exec_exit_code: Option<i32>,
     recovered: &[Recovery],
 ) {
     let report = Report {
         event,
-        thaw_reason: s.thaw_reason.map(|r| r.as_str()),
-        freeze_started_at: s.times.freeze_started_ms.map(rfc3339),
-        frozen_at: s.times.settled_ms.map(rfc3339),
-        thawed_at: s.times.thawed_ms.map(rfc3339),
-        frozen_ms: s.times.frozen_us.map(|us| us as f64 / 1000.0),
-        mounts: &s.mounts,
+        thaw_reason: v.thaw_reason.map(|r| r.as_str()),
+        freeze_started_at: v.times.freeze_started_ms.map(rfc3339),
+        frozen_at: v.times.settled_ms.map(rfc3339),
+        thawed_at: v.times.thawed_ms.map(rfc3339),
+        frozen_ms: v.times.frozen_us.map(|us| us as f64 / 1000.0),
+        mounts: &v.mounts,
         skipped,
         exec_exit_code,
         recovered,
-        warnings: &s.warnings,
+        warnings: &v.warnings,
     };
     println!(
         "{}",
@@ -73,19 +79,37 @@ fn print_report(
 
 /// Runs the command; returns the exit code.
 pub async fn run(args: FreezeArgs) -> anyhow::Result<i32> {
-    let config = super::load_config(&args.config.config)?;
+    let mut config = super::load_config(&args.config.config)?;
     if !config.freeze.enabled {
         bail!("freezing is disabled in the configuration (freeze.enabled: false)");
     }
-    let timeout = args.timeout.unwrap_or(config.freeze.timeout);
-    if timeout > config.freeze.max_timeout || timeout.is_zero() {
-        bail!(
-            "--timeout {} must be above 0 and at most freeze.max_timeout ({})",
-            crate::duration::format(timeout),
-            crate::duration::format(config.freeze.max_timeout)
-        );
-    }
+    // The operator's own freeze: no hooks.
+    config.hooks.clear();
     let state_dir = config.state_dir.clone();
+    let exe = PathBuf::from("/proc/self/exe");
+    let ctx = Context {
+        config: Arc::new(config),
+        exe: exe.clone(),
+        callback_key: None,
+    };
+    let ports = Ports::real(&exe);
+    let request = Request {
+        id: crate::agent::new_id(),
+        request_id: None,
+        requested: Requested::FileSystem,
+        freeze_timeout: args.timeout,
+        mounts: (!args.mounts.is_empty()).then(|| args.mounts.clone()),
+        callback_url: None,
+        preflush: !args.no_flush,
+    };
+    // The one check of a request, as for the HTTP API, in this command's words.
+    let prepared = match snapshot::prepare_with(&ctx, &ports, request) {
+        Ok(p) => p,
+        Err(RequestError::Timeout { asked, max }) => {
+            bail!("--timeout {asked} must be above 0 and at most freeze.max_timeout ({max})")
+        }
+        Err(e) => return Err(e.into()),
+    };
     let _lock = AgentLock::acquire(&state_dir)
         .with_context(|| format!("locking state_dir {}", state_dir.display()))?;
     // Whatever a killed predecessor left frozen is thawed first (same filesystems only).
@@ -94,8 +118,7 @@ pub async fn run(args: FreezeArgs) -> anyhow::Result<i32> {
         .await?
         .context("recovering records in state_dir")?;
 
-    let requested = (!args.mounts.is_empty()).then_some(args.mounts.as_slice());
-    let discovery = freezer::discover(&config.rules(), requested)?;
+    let discovery = &prepared.discovery;
     // The report lists the mounts the operator may have expected frozen; those left out by the
     // include list or the --mount list, or hidden, are noise there (check-config shows them).
     let skipped: Vec<Skipped> = discovery
@@ -116,12 +139,14 @@ pub async fn run(args: FreezeArgs) -> anyhow::Result<i32> {
     if discovery.targets.is_empty() {
         bail!("no mount to freeze: every mount is skipped (`quiesce check-config` shows why)");
     }
-    let plan = freezer::plan(
-        &discovery,
+    // Refused before anything runs: a state_dir on a target, a mount point that cannot be
+    // opened (the daemon reports these in the snapshot instead; here they are bad input).
+    freezer::plan(
+        discovery,
         &FreezeOptions {
-            timeout,
-            preflush: !args.no_flush,
-            flush_budget: timeout,
+            timeout: prepared.timeout,
+            preflush: prepared.request.preflush,
+            flush_budget: prepared.timeout,
             state_dir,
         },
     )?;
@@ -130,9 +155,40 @@ pub async fn run(args: FreezeArgs) -> anyhow::Result<i32> {
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
 
-    let mut session = FreezeSession::start(&plan, Path::new("/proc/self/exe")).await?;
-    session.freeze().await;
-    print_report("frozen", &session, &skipped, None, &recovered);
+    let (controls, rx) = mpsc::channel(4);
+    let (report_tx, mut report) = watch::channel(snapshot::initial_snapshot(&prepared));
+    let (view_tx, view) = watch::channel(FreezeView::default());
+    let mut task = tokio::spawn(snapshot::run_with(
+        ctx,
+        ports,
+        prepared,
+        rx,
+        Outputs {
+            report: report_tx,
+            freeze_view: Some(view_tx),
+        },
+    ));
+    let _ = report
+        .wait_for(|s| !matches!(s.state, State::PreHooks | State::Freezing))
+        .await;
+    let failed = report
+        .borrow()
+        .errors
+        .iter()
+        .find(|e| e.reason == Reason::FreezeFailed)
+        .map(|e| e.message.clone());
+    if let Some(error) = failed {
+        // The watchdog could not start: nothing is frozen; end the snapshot and say why.
+        let _ = controls
+            .send(ControlMsg {
+                control: Control::Shutdown,
+                reply: None,
+            })
+            .await;
+        let _ = task.await;
+        bail!("{error}");
+    }
+    print_report("frozen", &view.borrow(), &skipped, None, &recovered);
 
     let mut exec_child = match &args.exec {
         Some(cmd) => {
@@ -150,48 +206,58 @@ pub async fn run(args: FreezeArgs) -> anyhow::Result<i32> {
         None => None,
     };
     let mut exec_exit_code = None;
-    let reason = if session.thaw_reason.is_some() {
-        None
-    } else {
-        let told = async {
-            match exec_child.as_mut() {
-                Some(child) => {
-                    let status = child.wait().await;
-                    status.ok().map(|s| s.code().unwrap_or(-1))
-                }
-                None => {
-                    let mut line = String::new();
-                    let mut stdin = tokio::io::BufReader::new(tokio::io::stdin());
-                    let _ = stdin.read_line(&mut line).await;
-                    None
-                }
+    let told = async {
+        match exec_child.as_mut() {
+            Some(child) => {
+                let status = child.wait().await;
+                status.ok().map(|s| s.code().unwrap_or(-1))
             }
-        };
-        tokio::select! {
-            _ = session.wait_thawed() => None,
-            code = told => { exec_exit_code = code; Some(ThawReason::Host) }
-            _ = sigterm.recv() => Some(ThawReason::Shutdown),
-            _ = sigint.recv() => Some(ThawReason::Shutdown),
+            None => {
+                let mut line = String::new();
+                let mut stdin = tokio::io::BufReader::new(tokio::io::stdin());
+                let _ = stdin.read_line(&mut line).await;
+                None
+            }
         }
     };
-    if let Some(reason) = reason {
-        session.thaw(reason).await;
+    let control = tokio::select! {
+        // The deadline (or an error) thawed first.
+        _ = report.wait_for(|s| s.state != State::Frozen) => None,
+        code = told => { exec_exit_code = code; Some(Control::HostThaw { taken: true }) }
+        _ = sigterm.recv() => Some(Control::Shutdown),
+        _ = sigint.recv() => Some(Control::Shutdown),
+    };
+    if let Some(control) = control {
+        let (reply, answer) = oneshot::channel();
+        if controls
+            .send(ControlMsg {
+                control,
+                reply: Some(reply),
+            })
+            .await
+            .is_ok()
+        {
+            let _ = answer.await;
+        }
     }
+    drop(controls);
+    let end = (&mut task).await.context("the snapshot task")?;
     if let (Some(child), None) = (exec_child.as_mut(), exec_exit_code) {
         // The deadline or a signal came first: the command still decides nothing, but its
         // exit code belongs in the report.
-        if reason != Some(ThawReason::Shutdown) {
+        if control != Some(Control::Shutdown) {
             exec_exit_code = child.wait().await.ok().map(|s| s.code().unwrap_or(-1));
         }
     }
-    print_report("done", &session, &skipped, exec_exit_code, &recovered);
-    let all_froze = session
+    let v = view.borrow().clone();
+    print_report("done", &v, &skipped, exec_exit_code, &recovered);
+    let all_froze = v
         .mounts
         .iter()
-        .all(|m| matches!(m.outcome, Outcome::Thawed) || matches!(m.outcome, Outcome::Unsupported));
+        .all(|m| matches!(m.outcome, Outcome::Thawed | Outcome::Unsupported));
     let ok = all_froze
-        && session.thaw_reason == Some(ThawReason::Host)
+        && end.state == State::Succeeded
+        && v.thaw_reason == Some(ThawReason::Host)
         && exec_exit_code.unwrap_or(0) == 0;
-    session.finish().await;
     Ok(if ok { 0 } else { 1 })
 }

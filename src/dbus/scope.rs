@@ -22,7 +22,6 @@ use std::time::{Duration, Instant};
 use zbus::zvariant::{OwnedObjectPath, Value};
 
 use super::{call, known_missing, CallError, Service, CALL_TIMEOUT};
-use crate::hooks::Phase;
 
 const PATH: &str = "/org/freedesktop/systemd1";
 const MANAGER: &str = "org.freedesktop.systemd1.Manager";
@@ -34,12 +33,12 @@ const POLL: Duration = Duration::from_millis(2);
 /// The unit name of one hook run: `quiesce-hook-<snapshot>-<hook>-<pre|post>.scope`, with the
 /// snapshot id and the hook name escaped as `systemd-escape` does (`-` becomes `\x2d`, so the
 /// dashes of the name stay separators) and each cut to 64 characters.
-pub fn unit_name(snapshot_id: &str, hook: &str, phase: Phase) -> String {
+pub fn unit_name(snapshot_id: &str, hook: &str, phase: &str) -> String {
     format!(
         "quiesce-hook-{}-{}-{}.scope",
         escape(snapshot_id),
         escape(hook),
-        phase.as_str()
+        phase
     )
 }
 
@@ -227,17 +226,17 @@ mod tests {
     #[test]
     fn unit_names_are_escaped_and_bounded() {
         assert_eq!(
-            unit_name("0123abcd", "postgres", Phase::Pre),
+            unit_name("0123abcd", "postgres", "pre"),
             "quiesce-hook-0123abcd-postgres-pre.scope"
         );
         assert_eq!(
-            unit_name("s", "my-db/main x", Phase::Post),
+            unit_name("s", "my-db/main x", "post"),
             r"quiesce-hook-s-my\x2ddb\x2fmain\x20x-post.scope"
         );
         assert_eq!(escape(".hidden"), r"\x2ehidden");
         assert_eq!(escape(""), "_");
         assert_eq!(escape("é"), r"\xc3\xa9");
-        let long = unit_name(&"x".repeat(300), &"-".repeat(300), Phase::Post);
+        let long = unit_name(&"x".repeat(300), &"-".repeat(300), "post");
         assert!(long.len() <= 255, "{}", long.len());
         // Cut between escapes, never inside one.
         assert!(

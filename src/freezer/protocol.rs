@@ -80,6 +80,32 @@ impl ThawReason {
     }
 }
 
+impl From<ThawReason> for crate::lifecycle::ThawReason {
+    fn from(r: ThawReason) -> Self {
+        use crate::lifecycle::ThawReason as L;
+        match r {
+            ThawReason::Host => L::Host,
+            ThawReason::Deadline => L::Deadline,
+            ThawReason::Abort => L::Abort,
+            ThawReason::Shutdown => L::Shutdown,
+            ThawReason::Error | ThawReason::AgentGone => L::Error,
+        }
+    }
+}
+
+impl From<crate::lifecycle::ThawReason> for ThawReason {
+    fn from(r: crate::lifecycle::ThawReason) -> Self {
+        use crate::lifecycle::ThawReason as L;
+        match r {
+            L::Host => ThawReason::Host,
+            L::Deadline => ThawReason::Deadline,
+            L::Abort => ThawReason::Abort,
+            L::Shutdown => ThawReason::Shutdown,
+            L::Error => ThawReason::Error,
+        }
+    }
+}
+
 /// Agent → watchdog, after the plan.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case")]

@@ -82,10 +82,32 @@ pub struct MountStatus {
     pub fail_kind: Option<FailKind>,
 }
 
+impl MountStatus {
+    /// A target not frozen yet.
+    pub fn pending(path: &Path, fstype: &str) -> MountStatus {
+        MountStatus {
+            path: path.to_path_buf(),
+            fstype: fstype.to_owned(),
+            frozen: false,
+            outcome: Outcome::Pending,
+            error: None,
+            flush_ms: None,
+            freeze_ms: None,
+            frozen_ms: None,
+            freeze_seq: None,
+            thaw_seq: None,
+            fail_kind: None,
+        }
+    }
+}
+
 /// Times of a session, as Unix milliseconds.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Times {
     pub freeze_started_ms: Option<u64>,
+    /// The watchdog's deadline, on the wall clock.
+    #[serde(skip)]
+    pub deadline_ms: Option<u64>,
     pub settled_ms: Option<u64>,
     pub thawed_ms: Option<u64>,
     /// From the first FIFREEZE call to the last thaw.
@@ -183,19 +205,7 @@ impl FreezeSession {
             mounts: plan
                 .mounts
                 .iter()
-                .map(|m| MountStatus {
-                    path: m.path.clone(),
-                    fstype: m.fstype.clone(),
-                    frozen: false,
-                    outcome: Outcome::Pending,
-                    error: None,
-                    flush_ms: None,
-                    freeze_ms: None,
-                    frozen_ms: None,
-                    freeze_seq: None,
-                    thaw_seq: None,
-                    fail_kind: None,
-                })
+                .map(|m| MountStatus::pending(&m.path, &m.fstype))
                 .collect(),
             times: Times::default(),
             warnings: Vec::new(),
@@ -498,7 +508,10 @@ impl FreezeSession {
     }
 }
 
-/// Formats Unix milliseconds as RFC 3339 (UTC, milliseconds).
+/// Formats Unix milliseconds as RFC 3339 (UTC, milliseconds); saturates at the year 9999
+/// rather than failing.
 pub fn rfc3339(unix_ms: u64) -> String {
-    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(unix_ms)).to_string()
+    const MAX_MS: u64 = 253_402_300_799_999; // 9999-12-31T23:59:59.999Z
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(unix_ms.min(MAX_MS)))
+        .to_string()
 }

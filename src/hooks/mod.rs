@@ -83,6 +83,8 @@ impl fmt::Display for Phase {
 pub struct HookSpec {
     /// The hook's configured name (logs, `QUIESCE_HOOK`).
     pub name: String,
+    /// The snapshot this run belongs to (the name of its systemd unit).
+    pub snapshot_id: String,
     /// Pre or post.
     pub phase: Phase,
     /// Executable path and arguments, executed directly (no shell).
@@ -102,6 +104,7 @@ impl HookSpec {
     pub fn new(name: &str, phase: Phase, argv: Vec<String>, timeout: Duration) -> Self {
         HookSpec {
             name: name.to_owned(),
+            snapshot_id: String::new(),
             phase,
             argv,
             env: BTreeMap::new(),

@@ -234,13 +234,8 @@ pub async fn run_hook(
 
 /// Creates the run's scope unit around the helper (see [`crate::dbus::scope`]).
 async fn start_scope(spec: &HookSpec, helper_pid: u32) -> Option<Scope> {
-    let snapshot = spec
-        .vars
-        .iter()
-        .find(|(k, _)| k == "QUIESCE_SNAPSHOT_ID")
-        .map(|(_, v)| v.clone())
-        .unwrap_or_else(crate::agent::new_id);
-    let name = scope::unit_name(&snapshot, &spec.name, spec.phase);
+    let snapshot = &spec.snapshot_id;
+    let name = scope::unit_name(snapshot, &spec.name, spec.phase.as_str());
     let description = format!(
         "quiesce {} hook {} of snapshot {snapshot}",
         spec.phase, spec.name
