@@ -7,7 +7,7 @@
 
 #![forbid(unsafe_code)]
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Where a snapshot stands; the last three are end states.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -72,8 +72,8 @@ impl Consistency {
     }
 }
 
-/// Why the mounts were thawed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// Why the mounts were thawed (also what the agent tells the freezer's watchdog).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ThawReason {
     Host,

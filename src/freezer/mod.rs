@@ -7,6 +7,7 @@
 //!   unsafe code) and keeps the deadline; [`session`] is the agent's side of it.
 //! - [`records`] keeps in `state_dir` what is frozen, for `thaw-all` and the start-up recovery.
 
+pub mod core;
 pub mod ioctl;
 pub mod mountinfo;
 pub mod protocol;
