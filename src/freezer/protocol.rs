@@ -240,6 +240,27 @@ mod tests {
         assert!(!line.contains('\n'));
         assert!(line.contains(r#""event":"thaw_complete""#));
         assert_eq!(serde_json::from_str::<Event>(&line).unwrap(), ev);
+        let ev = Event::SetupFailed {
+            problem: SetupProblem::Open {
+                path: PathBuf::from("/a b"),
+                errno: 2,
+            },
+        };
+        let line = serde_json::to_string(&ev).unwrap();
+        assert!(
+            line.contains(r#""kind":"open","path":"/a\\040b","errno":2"#),
+            "{line}"
+        );
+        assert_eq!(serde_json::from_str::<Event>(&line).unwrap(), ev);
+        let line = r#"{"event":"freeze_started","mount":0,"unix_ms":5,"deadline_unix_ms":10005}"#;
+        assert_eq!(
+            serde_json::from_str::<Event>(line).unwrap(),
+            Event::FreezeStarted {
+                mount: 0,
+                unix_ms: 5,
+                deadline_unix_ms: 10_005
+            }
+        );
         let cmd: Command = serde_json::from_str(r#"{"cmd":"thaw","reason":"host"}"#).unwrap();
         assert_eq!(
             cmd,

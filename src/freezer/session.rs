@@ -562,3 +562,37 @@ impl FreezeSession {
 pub fn rfc3339(unix_ms: u64) -> String {
     humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(unix_ms)).to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_setup_problem_becomes_a_typed_error_with_the_path_and_the_os_error() {
+        let err = SessionError::from(SetupProblem::Open {
+            path: "/data".into(),
+            errno: libc::ENOENT,
+        });
+        let SessionError::Open { path, source } = &err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(path, Path::new("/data"));
+        assert_eq!(source.kind(), std::io::ErrorKind::NotFound);
+        assert!(err
+            .to_string()
+            .starts_with("watchdog setup failed: opening /data: "));
+        let err = SessionError::from(SetupProblem::StateDir {
+            path: "/run/q".into(),
+            errno: libc::EACCES,
+        });
+        assert!(matches!(&err, SessionError::StateDir { source, .. }
+            if source.raw_os_error() == Some(libc::EACCES)));
+        let err = SessionError::from(SetupProblem::Replaced {
+            path: "/data".into(),
+        });
+        assert_eq!(
+            err.to_string(),
+            "watchdog setup failed: /data no longer holds the planned filesystem"
+        );
+    }
+}

@@ -373,3 +373,48 @@ impl Shell {
         self.deadline_unix_ms
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_wall_clock_deadline_is_derived_from_the_core_and_stamped_on_events() {
+        // No mounts: nothing is opened or frozen, but the core still keeps its deadline.
+        let plan = Plan {
+            mounts: Vec::new(),
+            timeout_ms: 10_000,
+            preflush: false,
+            flush_budget_ms: 0,
+            state_dir: std::env::temp_dir(),
+        };
+        let (tx, _rx) = mpsc::channel();
+        let (out, events) = mpsc::channel();
+        let mut shell = Shell::new(plan, Vec::new(), tx, out);
+        let before = unix_ms();
+        assert!(!shell.feed(Input::Freeze));
+        let settled = events.try_recv().unwrap();
+        assert!(matches!(settled, Event::AllSettled { unix_ms } if unix_ms >= before));
+        let mut ev = Event::FreezeStarted {
+            mount: 0,
+            unix_ms: 0,
+            deadline_unix_ms: 0,
+        };
+        shell.stamp(&mut ev);
+        let Event::FreezeStarted {
+            unix_ms: at,
+            deadline_unix_ms,
+            ..
+        } = ev
+        else {
+            unreachable!()
+        };
+        assert!(at >= before);
+        assert!(
+            (before + 10_000..before + 11_000).contains(&deadline_unix_ms),
+            "{deadline_unix_ms} vs {before}"
+        );
+        // Computed once: every event of the freeze carries the same deadline.
+        assert_eq!(shell.deadline_unix_ms(), Some(deadline_unix_ms));
+    }
+}
