@@ -3,10 +3,14 @@
 //!
 //! - [`mountinfo`] parses the mount table; [`select`] applies the config's selection rules;
 //!   [`stack`] orders the targets along the storage stack.
-//! - [`watchdog`] is the process that issues FIFREEZE/FITHAW (through [`ioctl`], the only
-//!   unsafe code) and keeps the deadline; [`session`] is the agent's side of it.
+//! - The freeze itself runs in a watchdog process, in two parts: [`core`] decides everything
+//!   (order, deadline, thaw) as a pure state machine, events and the time in, effects out;
+//!   [`watchdog`] is its IO shell (threads, the clock, FIFREEZE/FITHAW through [`ioctl`], the
+//!   only unsafe code, the records, the pipe). [`protocol`] is the pipe between the agent and
+//!   the watchdog, and [`session`] the agent's side of it.
 //! - [`records`] keeps in `state_dir` what is frozen, for `thaw-all` and the start-up recovery.
 
+pub mod core;
 pub mod ioctl;
 pub mod mountinfo;
 pub mod protocol;

@@ -48,63 +48,10 @@ pub struct Plan {
     pub state_dir: PathBuf,
 }
 
-/// Why mounts were (or are being) thawed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ThawReason {
-    /// The host said the storage snapshot is done.
-    Host,
-    /// The hard deadline passed.
-    Deadline,
-    /// The snapshot was aborted.
-    Abort,
-    /// The agent is stopping.
-    Shutdown,
-    /// An error inside the agent.
-    Error,
-    /// The agent died (end of file on the watchdog's stdin).
-    AgentGone,
-}
-
-impl ThawReason {
-    /// The contract's spelling (`agent_gone` never reaches a report: nobody is left to write it).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ThawReason::Host => "host",
-            ThawReason::Deadline => "deadline",
-            ThawReason::Abort => "abort",
-            ThawReason::Shutdown => "shutdown",
-            ThawReason::Error => "error",
-            ThawReason::AgentGone => "agent_gone",
-        }
-    }
-}
-
-impl From<ThawReason> for crate::lifecycle::ThawReason {
-    fn from(r: ThawReason) -> Self {
-        use crate::lifecycle::ThawReason as L;
-        match r {
-            ThawReason::Host => L::Host,
-            ThawReason::Deadline => L::Deadline,
-            ThawReason::Abort => L::Abort,
-            ThawReason::Shutdown => L::Shutdown,
-            ThawReason::Error | ThawReason::AgentGone => L::Error,
-        }
-    }
-}
-
-impl From<crate::lifecycle::ThawReason> for ThawReason {
-    fn from(r: crate::lifecycle::ThawReason) -> Self {
-        use crate::lifecycle::ThawReason as L;
-        match r {
-            L::Host => ThawReason::Host,
-            L::Deadline => ThawReason::Deadline,
-            L::Abort => ThawReason::Abort,
-            L::Shutdown => ThawReason::Shutdown,
-            L::Error => ThawReason::Error,
-        }
-    }
-}
+/// Why mounts are thawed: the lifecycle's reason, on the wire as the contract spells it. The
+/// watchdog's own "the agent died" never goes on the wire (nobody is left to read it): see
+/// [`super::core::ThawCause`].
+pub use crate::lifecycle::ThawReason;
 
 /// Agent → watchdog, after the plan.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -128,6 +75,31 @@ pub enum FailKind {
     Error,
 }
 
+/// Why the watchdog could not set up a plan (errno values are the OS's).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum SetupProblem {
+    /// The plan line could not be read or parsed.
+    Plan { error: String },
+    /// A mount point could not be opened.
+    Open {
+        #[serde(with = "escaped_path")]
+        path: PathBuf,
+        errno: i32,
+    },
+    /// A mount point no longer holds the planned filesystem.
+    Replaced {
+        #[serde(with = "escaped_path")]
+        path: PathBuf,
+    },
+    /// state_dir could not be created.
+    StateDir {
+        #[serde(with = "escaped_path")]
+        path: PathBuf,
+        errno: i32,
+    },
+}
+
 /// Watchdog → agent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
@@ -135,7 +107,7 @@ pub enum Event {
     /// Every mount is open and identified, memory locked: ready for `freeze`.
     Ready { warnings: Vec<String> },
     /// The plan could not be set up; nothing was frozen, and the watchdog exits.
-    SetupFailed { error: String },
+    SetupFailed { problem: SetupProblem },
     /// syncfs of one mount returned.
     Flushed {
         mount: usize,
@@ -145,7 +117,13 @@ pub enum Event {
     /// The pre-flush budget ran out with these mounts still flushing; freezing goes on.
     FlushBudgetExceeded { mounts: Vec<usize> },
     /// FIFREEZE was issued on a mount (the first one starts the deadline).
-    FreezeStarted { mount: usize, unix_ms: u64 },
+    FreezeStarted {
+        mount: usize,
+        unix_ms: u64,
+        /// The watchdog's deadline (kept on the monotonic clock), as wall-clock Unix ms: the
+        /// same in every `freeze_started` of a freeze.
+        deadline_unix_ms: u64,
+    },
     /// FIFREEZE returned success.
     Frozen { mount: usize, duration_us: u64 },
     /// FIFREEZE failed; the mount is not frozen by us.
@@ -262,6 +240,27 @@ mod tests {
         assert!(!line.contains('\n'));
         assert!(line.contains(r#""event":"thaw_complete""#));
         assert_eq!(serde_json::from_str::<Event>(&line).unwrap(), ev);
+        let ev = Event::SetupFailed {
+            problem: SetupProblem::Open {
+                path: PathBuf::from("/a b"),
+                errno: 2,
+            },
+        };
+        let line = serde_json::to_string(&ev).unwrap();
+        assert!(
+            line.contains(r#""kind":"open","path":"/a\\040b","errno":2"#),
+            "{line}"
+        );
+        assert_eq!(serde_json::from_str::<Event>(&line).unwrap(), ev);
+        let line = r#"{"event":"freeze_started","mount":0,"unix_ms":5,"deadline_unix_ms":10005}"#;
+        assert_eq!(
+            serde_json::from_str::<Event>(line).unwrap(),
+            Event::FreezeStarted {
+                mount: 0,
+                unix_ms: 5,
+                deadline_unix_ms: 10_005
+            }
+        );
         let cmd: Command = serde_json::from_str(r#"{"cmd":"thaw","reason":"host"}"#).unwrap();
         assert_eq!(
             cmd,

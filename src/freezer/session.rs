@@ -13,7 +13,7 @@ use tokio::process::{Child, ChildStdin};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
-use super::protocol::{escaped_path, Command, Event, FailKind, Plan, ThawReason};
+use super::protocol::{escaped_path, Command, Event, FailKind, Plan, SetupProblem, ThawReason};
 use super::records;
 use crate::logging::{self, ids, FrozenHold};
 
@@ -29,12 +29,51 @@ pub enum SessionError {
         #[source]
         source: std::io::Error,
     },
-    #[error("watchdog setup failed: {0}")]
-    Setup(String),
+    #[error("handing the plan to the watchdog: {0}")]
+    SendPlan(#[source] std::io::Error),
+    #[error("watchdog setup failed: the plan: {0}")]
+    BadPlan(String),
+    #[error("watchdog setup failed: opening {}: {source}", super::show(path))]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "watchdog setup failed: {} no longer holds the planned filesystem",
+        super::show(path)
+    )]
+    Replaced { path: PathBuf },
+    #[error("watchdog setup failed: state_dir {}: {source}", super::show(path))]
+    StateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the watchdog answered {0} before it was ready")]
+    Unexpected(String),
     #[error("the watchdog did not get ready within {0:?}")]
     NotReady(Duration),
     #[error("the watchdog exited unexpectedly")]
     WatchdogGone,
+}
+
+impl From<SetupProblem> for SessionError {
+    fn from(problem: SetupProblem) -> Self {
+        let os = std::io::Error::from_raw_os_error;
+        match problem {
+            SetupProblem::Plan { error } => SessionError::BadPlan(error),
+            SetupProblem::Open { path, errno } => SessionError::Open {
+                path,
+                source: os(errno),
+            },
+            SetupProblem::Replaced { path } => SessionError::Replaced { path },
+            SetupProblem::StateDir { path, errno } => SessionError::StateDir {
+                path,
+                source: os(errno),
+            },
+        }
+    }
 }
 
 /// Where one target stands.
@@ -67,6 +106,8 @@ pub struct MountStatus {
     pub frozen: bool,
     pub outcome: Outcome,
     pub error: Option<String>,
+    /// The OS error number of a failed FIFREEZE or FITHAW.
+    pub errno: Option<i32>,
     /// syncfs time of the pre-flush.
     pub flush_ms: Option<f64>,
     /// FIFREEZE call time.
@@ -91,6 +132,7 @@ impl MountStatus {
             frozen: false,
             outcome: Outcome::Pending,
             error: None,
+            errno: None,
             flush_ms: None,
             freeze_ms: None,
             frozen_ms: None,
@@ -105,11 +147,11 @@ impl MountStatus {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Times {
     pub freeze_started_ms: Option<u64>,
-    /// The watchdog's deadline, on the wall clock.
-    #[serde(skip)]
-    pub deadline_ms: Option<u64>,
     pub settled_ms: Option<u64>,
     pub thawed_ms: Option<u64>,
+    /// The hard deadline (the watchdog keeps it on the monotonic clock, from the start of the
+    /// first FIFREEZE call; this is its wall-clock reading, for reports).
+    pub deadline_ms: Option<u64>,
     /// From the first FIFREEZE call to the last thaw.
     pub frozen_us: Option<u64>,
 }
@@ -194,9 +236,10 @@ impl FreezeSession {
         );
         let mut line = serde_json::to_string(plan).expect("plan serializes");
         line.push('\n');
-        if stdin.write_all(line.as_bytes()).await.is_err() {
-            return Err(SessionError::WatchdogGone);
-        }
+        stdin
+            .write_all(line.as_bytes())
+            .await
+            .map_err(SessionError::SendPlan)?;
         let mut session = FreezeSession {
             child,
             stdin: Some(stdin),
@@ -222,8 +265,8 @@ impl FreezeSession {
                 session.warnings.extend(warnings);
                 Ok(session)
             }
-            Ok(Some(Event::SetupFailed { error })) => Err(SessionError::Setup(error)),
-            Ok(Some(other)) => Err(SessionError::Setup(format!("unexpected event {other:?}"))),
+            Ok(Some(Event::SetupFailed { problem })) => Err(problem.into()),
+            Ok(Some(other)) => Err(SessionError::Unexpected(format!("{other:?}"))),
             Ok(None) => Err(SessionError::WatchdogGone),
             Err(_) => Err(SessionError::NotReady(READY_WAIT)),
         }
@@ -301,8 +344,13 @@ impl FreezeSession {
                     }
                 }
             }
-            Event::FreezeStarted { mount, unix_ms } => {
+            Event::FreezeStarted {
+                mount,
+                unix_ms,
+                deadline_unix_ms,
+            } => {
                 self.times.freeze_started_ms.get_or_insert(*unix_ms);
+                self.times.deadline_ms.get_or_insert(*deadline_unix_ms);
                 if let Some(m) = self.mounts.get_mut(*mount) {
                     m.outcome = Outcome::Freezing;
                 }
@@ -325,7 +373,10 @@ impl FreezeSession {
                 }
             }
             Event::FreezeFailed {
-                mount, kind, error, ..
+                mount,
+                kind,
+                errno,
+                error,
             } => {
                 if let Some(m) = self.mounts.get_mut(*mount) {
                     let path = super::show(&m.path);
@@ -354,6 +405,7 @@ impl FreezeSession {
                         _ => Outcome::Failed,
                     };
                     m.error = Some(error.clone());
+                    m.errno = Some(*errno);
                     m.fail_kind = Some(*kind);
                 }
             }
@@ -396,7 +448,11 @@ impl FreezeSession {
                     self.thaw_seq += 1;
                 }
             }
-            Event::ThawFailed { mount, error, .. } => {
+            Event::ThawFailed {
+                mount,
+                errno,
+                error,
+            } => {
                 if let Some(m) = self.mounts.get_mut(*mount) {
                     tracing::error!(
                         message_id = ids::THAW_FAILED,
@@ -407,6 +463,7 @@ impl FreezeSession {
                     );
                     m.outcome = Outcome::ThawFailed;
                     m.error = Some(error.clone());
+                    m.errno = Some(*errno);
                 }
             }
             Event::ThawComplete {
@@ -514,4 +571,38 @@ pub fn rfc3339(unix_ms: u64) -> String {
     const MAX_MS: u64 = 253_402_300_799_999; // 9999-12-31T23:59:59.999Z
     humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(unix_ms.min(MAX_MS)))
         .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_setup_problem_becomes_a_typed_error_with_the_path_and_the_os_error() {
+        let err = SessionError::from(SetupProblem::Open {
+            path: "/data".into(),
+            errno: libc::ENOENT,
+        });
+        let SessionError::Open { path, source } = &err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(path, Path::new("/data"));
+        assert_eq!(source.kind(), std::io::ErrorKind::NotFound);
+        assert!(err
+            .to_string()
+            .starts_with("watchdog setup failed: opening /data: "));
+        let err = SessionError::from(SetupProblem::StateDir {
+            path: "/run/q".into(),
+            errno: libc::EACCES,
+        });
+        assert!(matches!(&err, SessionError::StateDir { source, .. }
+            if source.raw_os_error() == Some(libc::EACCES)));
+        let err = SessionError::from(SetupProblem::Replaced {
+            path: "/data".into(),
+        });
+        assert_eq!(
+            err.to_string(),
+            "watchdog setup failed: /data no longer holds the planned filesystem"
+        );
+    }
 }

@@ -1,12 +1,16 @@
 //! The watchdog: a small process (this same binary, `quiesce watchdog`) that owns a freeze.
 //!
-//! It does the FIFREEZE calls itself, each on a thread of its own, and keeps the deadline on its
-//! main thread, so that no single stuck call, and no death of the agent, can leave a filesystem
-//! frozen: it thaws at the deadline, when told, or when its stdin reaches end-of-file (the agent
-//! died, even by SIGKILL), and a FIFREEZE that hangs in the kernel is thawed the moment it returns
-//! while the other mounts are thawed on time. It locks its memory, asks the OOM killer to spare
-//! it, ignores the terminal's and systemd's stop signals (it ends by itself once everything is
-//! thawed) and does no disk IO but the records in `state_dir` (a tmpfs).
+//! This is the IO shell around [`super::core`], which makes every decision (order, deadline,
+//! thaw). The shell reads commands on a thread of its own, does each syscall (syncfs, FIFREEZE,
+//! FITHAW) on a thread of its own, writes events on a thread of its own, and runs one loop on
+//! its main thread: wait for an input until the core's next wakeup, hand it to the core with the
+//! current time, carry out the effects. So no stuck call and no death of the agent can hold up a
+//! thaw: it happens at the deadline, when told, or when stdin reaches end-of-file (the agent
+//! died, even by SIGKILL), and a FIFREEZE that hangs in the kernel is thawed the moment it
+//! returns. The process locks its memory, asks the OOM killer to spare it, ignores the
+//! terminal's and systemd's stop signals (it ends by itself once everything is thawed) and does
+//! no disk IO but the records in `state_dir` (a tmpfs). An unwinding guard thaws what is frozen
+//! if the process panics.
 
 use std::collections::VecDeque;
 use std::io::{self, BufRead, Write};
@@ -18,12 +22,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use nix::errno::Errno;
 use nix::sys::signal::{SigSet, Signal};
 
+use super::core::{Core, CorePlan, Effect, Input, RecordFailure};
 use super::ioctl;
-use super::protocol::{Command, Event, FailKind, Plan, ThawReason};
+use super::protocol::{Command, Event, Plan, SetupProblem};
 use super::records::{self, Records};
-
-/// How long one FITHAW may take before the next mount's thaw starts anyway.
-const THAW_STEP_WAIT: Duration = Duration::from_millis(200);
 /// Stack of the freeze/flush/thaw threads: they make one syscall each. Small, as it is locked.
 const WORKER_STACK: usize = 64 * 1024;
 
@@ -81,14 +83,18 @@ fn run(out: mpsc::Sender<Event>) -> i32 {
             Ok(plan) => plan,
             Err(e) => {
                 let _ = out.send(Event::SetupFailed {
-                    error: format!("unreadable plan: {e}"),
+                    problem: SetupProblem::Plan {
+                        error: format!("unreadable plan: {e}"),
+                    },
                 });
                 return 2;
             }
         },
         Err(e) => {
             let _ = out.send(Event::SetupFailed {
-                error: format!("reading the plan: {e}"),
+                problem: SetupProblem::Plan {
+                    error: format!("reading the plan: {e}"),
+                },
             });
             return 2;
         }
@@ -96,37 +102,42 @@ fn run(out: mpsc::Sender<Event>) -> i32 {
 
     let (fds, warnings) = match setup(&plan) {
         Ok(ok) => ok,
-        Err(error) => {
-            let _ = out.send(Event::SetupFailed { error });
+        Err(problem) => {
+            let _ = out.send(Event::SetupFailed { problem });
             return 1;
         }
     };
     let (tx, rx) = mpsc::channel();
     spawn_stdin_reader(tx.clone());
-    let mut coord = Coordinator::new(plan, fds, tx, out);
-    coord.emit(Event::Ready { warnings });
-    coord.run(rx);
+    let mut shell = Shell::new(plan, fds, tx, out);
+    shell.emit(Event::Ready { warnings });
+    shell.run(rx);
     0
 }
 
 /// Opens every mount point (before any freeze) and checks it is the planned filesystem; locks
 /// memory and protects the process from the OOM killer.
-fn setup(plan: &Plan) -> Result<(Vec<Arc<OwnedFd>>, Vec<String>), String> {
+fn setup(plan: &Plan) -> Result<(Vec<Arc<OwnedFd>>, Vec<String>), SetupProblem> {
+    let errno = |e: &io::Error| e.raw_os_error().unwrap_or(0);
     let mut fds = Vec::with_capacity(plan.mounts.len());
     for m in &plan.mounts {
-        let (fd, identity) = records::open_identified(&m.path)
-            .map_err(|e| format!("opening {}: {e}", m.path.display()))?;
+        let (fd, identity) = records::open_identified(&m.path).map_err(|e| SetupProblem::Open {
+            path: m.path.clone(),
+            errno: errno(&e),
+        })?;
         if identity != m.identity {
-            return Err(format!(
-                "{} no longer holds the planned filesystem",
-                m.path.display()
-            ));
+            return Err(SetupProblem::Replaced {
+                path: m.path.clone(),
+            });
         }
         fds.push(Arc::new(fd));
     }
     Records::new(&plan.state_dir)
         .ensure_dir()
-        .map_err(|e| format!("state_dir {}: {e}", plan.state_dir.display()))?;
+        .map_err(|e| SetupProblem::StateDir {
+            path: plan.state_dir.clone(),
+            errno: errno(&e),
+        })?;
     let mut warnings = Vec::new();
     use nix::sys::mman::{mlockall, MlockAllFlags};
     // MCL_ONFAULT locks pages as they are touched rather than populating every mapping (the
@@ -143,60 +154,28 @@ fn setup(plan: &Plan) -> Result<(Vec<Arc<OwnedFd>>, Vec<String>), String> {
     Ok((fds, warnings))
 }
 
-fn spawn_stdin_reader(tx: mpsc::Sender<Msg>) {
+fn spawn_stdin_reader(tx: mpsc::Sender<Input>) {
     std::thread::Builder::new()
         .name("commands".into())
         .stack_size(WORKER_STACK)
         .spawn(move || {
             for line in io::stdin().lock().lines() {
-                let msg = match line {
+                let input = match line {
                     Ok(l) if l.trim().is_empty() => continue,
-                    Ok(l) => Msg::Command(serde_json::from_str(&l).map_err(|e| e.to_string())),
+                    Ok(l) => match serde_json::from_str(&l) {
+                        Ok(Command::Freeze) => Input::Freeze,
+                        Ok(Command::Thaw { reason }) => Input::Thaw(reason),
+                        Err(_) => Input::Unreadable,
+                    },
                     Err(_) => break,
                 };
-                if tx.send(msg).is_err() {
+                if tx.send(input).is_err() {
                     return;
                 }
             }
-            let _ = tx.send(Msg::AgentGone);
+            let _ = tx.send(Input::AgentGone);
         })
         .expect("spawn the command reader thread");
-}
-
-enum Msg {
-    Command(Result<Command, String>),
-    AgentGone,
-    Flushed(usize, Result<(), Errno>, Duration),
-    FreezeDone(usize, Result<(), Errno>, Instant),
-    ThawDone(usize, Result<(), Errno>),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum St {
-    Idle,
-    Freezing,
-    Frozen,
-    Failed,
-    /// Never frozen: the thaw came first.
-    Cancelled,
-    Thawing,
-    Thawed,
-    ThawFailed,
-}
-
-impl St {
-    /// An outcome that lets the mounts beneath proceed.
-    fn resolved(self) -> bool {
-        !matches!(self, St::Idle | St::Freezing)
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    Ready,
-    Flushing { until: Instant },
-    Freezing,
-    Thawing(ThawReason),
 }
 
 /// Thaws, while unwinding from a panic, whatever the flags say is frozen.
@@ -215,79 +194,53 @@ impl Drop for EmergencyThaw {
     }
 }
 
-struct Coordinator {
-    plan: Plan,
-    fds: Vec<Arc<OwnedFd>>,
-    frozen_flags: Arc<Vec<AtomicBool>>,
-    states: Vec<St>,
-    /// Mounts stacked directly or indirectly on each mount (they must freeze first).
-    above: Vec<Vec<usize>>,
-    flushing: Vec<bool>,
-    call_started: Vec<Option<Instant>>,
-    frozen_order: Vec<usize>,
-    thaw_queue: VecDeque<usize>,
-    thaw_inflight: Option<(usize, Instant)>,
-    phase: Phase,
-    first_freeze: Option<Instant>,
-    deadline: Option<Instant>,
-    settled_sent: bool,
-    complete_sent: bool,
-    records: Records,
-    tx: mpsc::Sender<Msg>,
-    out: mpsc::Sender<Event>,
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
+fn unix_ms_of(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }
 
-fn micros(d: Duration) -> u64 {
-    d.as_micros().min(u64::MAX as u128) as u64
+fn unix_ms() -> u64 {
+    unix_ms_of(SystemTime::now())
 }
 
 fn spawn_worker(name: &str, f: impl FnOnce() + Send + 'static) {
-    // A failed spawn (out of threads) is reported by the closure's absence: the coordinator
-    // treats such a mount as still pending, and the deadline covers it.
+    // A failed spawn (out of threads) is reported by the closure's absence: the core treats
+    // such a mount as still pending, and the deadline covers it.
     let _ = std::thread::Builder::new()
         .name(name.into())
         .stack_size(WORKER_STACK)
         .spawn(f);
 }
 
-impl Coordinator {
+/// The core and everything it cannot touch: descriptors, records, threads, clocks, pipes.
+struct Shell {
+    core: Core,
+    plan: Plan,
+    fds: Vec<Arc<OwnedFd>>,
+    /// Set by a FIFREEZE thread on success, cleared by the FITHAW thread: what the emergency
+    /// guard thaws.
+    frozen_flags: Arc<Vec<AtomicBool>>,
+    records: Records,
+    /// The core's deadline on the wall clock, computed once when it is set.
+    deadline_unix_ms: Option<u64>,
+    tx: mpsc::Sender<Input>,
+    out: mpsc::Sender<Event>,
+}
+
+impl Shell {
     fn new(
         plan: Plan,
         fds: Vec<Arc<OwnedFd>>,
-        tx: mpsc::Sender<Msg>,
+        tx: mpsc::Sender<Input>,
         out: mpsc::Sender<Event>,
     ) -> Self {
         let n = plan.mounts.len();
-        let mut above = vec![Vec::new(); n];
-        for (i, m) in plan.mounts.iter().enumerate() {
-            for &j in &m.beneath {
-                if j < n && j != i {
-                    above[j].push(i);
-                }
-            }
-        }
-        Coordinator {
+        Shell {
+            core: Core::new(CorePlan::of(&plan)),
             records: Records::new(&plan.state_dir),
             frozen_flags: Arc::new((0..n).map(|_| AtomicBool::new(false)).collect()),
-            states: vec![St::Idle; n],
-            above,
-            flushing: vec![false; n],
-            call_started: vec![None; n],
-            frozen_order: Vec::new(),
-            thaw_queue: VecDeque::new(),
-            thaw_inflight: None,
-            phase: Phase::Ready,
-            first_freeze: None,
-            deadline: None,
-            settled_sent: false,
-            complete_sent: false,
+            deadline_unix_ms: None,
             plan,
             fds,
             tx,
@@ -299,321 +252,169 @@ impl Coordinator {
         let _ = self.out.send(ev);
     }
 
-    fn run(&mut self, rx: mpsc::Receiver<Msg>) {
+    fn run(&mut self, rx: mpsc::Receiver<Input>) {
         let _guard = EmergencyThaw {
             fds: self.fds.clone(),
             frozen: self.frozen_flags.clone(),
         };
         loop {
-            let msg = match self.next_wakeup() {
+            // The shell holds a sender itself, so the channel never disconnects; if it did,
+            // nobody could tell us anything any more: that is the agent gone.
+            let input = match self.core.next_wakeup() {
                 Some(at) => match rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
-                    Ok(m) => Some(m),
-                    Err(mpsc::RecvTimeoutError::Timeout) => None,
-                    Err(mpsc::RecvTimeoutError::Disconnected) => Some(Msg::AgentGone),
+                    Ok(input) => input,
+                    Err(mpsc::RecvTimeoutError::Timeout) => Input::Tick,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => Input::AgentGone,
                 },
-                None => Some(rx.recv().unwrap_or(Msg::AgentGone)),
+                None => rx.recv().unwrap_or(Input::AgentGone),
             };
-            if let Some(msg) = msg {
-                self.handle(msg);
-            }
-            self.check_timers();
-            if self.finished() {
-                self.emit(Event::Finished);
+            if self.feed(input) {
                 return;
             }
         }
     }
 
-    fn next_wakeup(&self) -> Option<Instant> {
-        let flush = match self.phase {
-            Phase::Flushing { until } => Some(until),
-            _ => None,
-        };
-        let deadline = match self.phase {
-            Phase::Freezing => self.deadline,
-            _ => None,
-        };
-        let step = self.thaw_inflight.map(|(_, t)| t + THAW_STEP_WAIT);
-        [flush, deadline, step].into_iter().flatten().min()
-    }
-
-    fn handle(&mut self, msg: Msg) {
-        match msg {
-            Msg::Command(Ok(Command::Freeze)) => {
-                if self.phase == Phase::Ready {
-                    self.start();
+    /// Hands one input to the core and carries out the effects; true on [`Effect::Exit`].
+    fn feed(&mut self, input: Input) -> bool {
+        let mut effects: VecDeque<Effect> = self.core.handle(input, Instant::now()).into();
+        while let Some(effect) = effects.pop_front() {
+            match effect {
+                Effect::Flush(i) => {
+                    let fd = self.fds[i].clone();
+                    let tx = self.tx.clone();
+                    spawn_worker("syncfs", move || {
+                        let t = Instant::now();
+                        let result = nix::unistd::syncfs(fd.as_fd());
+                        let took = t.elapsed();
+                        let _ = tx.send(Input::Flushed {
+                            mount: i,
+                            result,
+                            took,
+                        });
+                    });
                 }
-            }
-            Msg::Command(Ok(Command::Thaw { reason })) => self.begin_thaw(reason),
-            // A command we cannot read is a bug on the agent's side: the safe reading is "thaw".
-            Msg::Command(Err(_)) => self.begin_thaw(ThawReason::Error),
-            Msg::AgentGone => self.begin_thaw(ThawReason::AgentGone),
-            Msg::Flushed(i, result, took) => {
-                self.flushing[i] = false;
-                self.emit(Event::Flushed {
-                    mount: i,
-                    duration_us: micros(took),
-                    error: result.err().map(|e| format!("syncfs: {}", e.desc())),
-                });
-                if matches!(self.phase, Phase::Flushing { .. }) && !self.flushing.contains(&true) {
-                    self.start_freezing();
+                Effect::WriteRecord(i) => {
+                    let result = self
+                        .records
+                        .write(&self.plan.mounts[i], std::process::id(), unix_ms())
+                        .map_err(|e| RecordFailure {
+                            errno: e.raw_os_error().unwrap_or(0),
+                            message: e.to_string(),
+                        });
+                    let next = Input::RecordWritten { mount: i, result };
+                    effects.extend(self.core.handle(next, Instant::now()));
                 }
-            }
-            Msg::FreezeDone(i, result, returned) => self.freeze_done(i, result, returned),
-            Msg::ThawDone(i, result) => self.thaw_done(i, result),
-        }
-    }
-
-    fn check_timers(&mut self) {
-        let now = Instant::now();
-        if let Phase::Flushing { until } = self.phase {
-            if now >= until {
-                let still: Vec<usize> = (0..self.flushing.len())
-                    .filter(|&i| self.flushing[i])
-                    .collect();
-                self.emit(Event::FlushBudgetExceeded { mounts: still });
-                self.start_freezing();
-            }
-        }
-        if self.phase == Phase::Freezing && self.deadline.is_some_and(|d| now >= d) {
-            self.emit(Event::DeadlineReached { unix_ms: unix_ms() });
-            self.begin_thaw(ThawReason::Deadline);
-        }
-        if let Some((_, started)) = self.thaw_inflight {
-            if now >= started + THAW_STEP_WAIT {
-                // That FITHAW is stuck; its answer will still be handled when it comes.
-                self.thaw_inflight = None;
-                self.pump_thaw();
-            }
-        }
-        self.maybe_complete();
-    }
-
-    fn start(&mut self) {
-        if self.plan.preflush && !self.plan.mounts.is_empty() {
-            let until = Instant::now() + Duration::from_millis(self.plan.flush_budget_ms);
-            self.phase = Phase::Flushing { until };
-            for i in 0..self.fds.len() {
-                self.flushing[i] = true;
-                let fd = self.fds[i].clone();
-                let tx = self.tx.clone();
-                spawn_worker("syncfs", move || {
-                    let t = Instant::now();
-                    let r = nix::unistd::syncfs(fd.as_fd());
-                    let _ = tx.send(Msg::Flushed(i, r, t.elapsed()));
-                });
-            }
-        } else {
-            self.start_freezing();
-        }
-    }
-
-    fn start_freezing(&mut self) {
-        self.phase = Phase::Freezing;
-        let now = Instant::now();
-        self.first_freeze = Some(now);
-        self.deadline = Some(now + Duration::from_millis(self.plan.timeout_ms));
-        self.launch_ready();
-        self.maybe_settled();
-    }
-
-    /// Starts the FIFREEZE of every idle mount whose upper mounts have all finished theirs.
-    fn launch_ready(&mut self) {
-        for i in 0..self.states.len() {
-            if self.states[i] == St::Idle
-                && self.above[i].iter().all(|&j| self.states[j].resolved())
-            {
-                self.launch(i);
-            }
-        }
-    }
-
-    fn launch(&mut self, i: usize) {
-        let mount = &self.plan.mounts[i];
-        // Never freeze what could not be recorded: the record is what thaws it after a SIGKILL.
-        if let Err(e) = self.records.write(mount, std::process::id(), unix_ms()) {
-            self.states[i] = St::Failed;
-            self.emit(Event::FreezeFailed {
-                mount: i,
-                kind: FailKind::Error,
-                errno: e.raw_os_error().unwrap_or(0),
-                error: format!("not frozen: cannot record it in state_dir: {e}"),
-            });
-            return;
-        }
-        self.states[i] = St::Freezing;
-        self.call_started[i] = Some(Instant::now());
-        self.emit(Event::FreezeStarted {
-            mount: i,
-            unix_ms: unix_ms(),
-        });
-        let fd = self.fds[i].clone();
-        let flags = self.frozen_flags.clone();
-        let tx = self.tx.clone();
-        spawn_worker("fifreeze", move || {
-            let r = ioctl::freeze(fd.as_fd());
-            if r.is_ok() {
-                flags[i].store(true, Ordering::SeqCst);
-            }
-            let _ = tx.send(Msg::FreezeDone(i, r, Instant::now()));
-        });
-    }
-
-    fn freeze_done(&mut self, i: usize, result: Result<(), Errno>, returned: Instant) {
-        let took = self.call_started[i].map(|s| returned.saturating_duration_since(s));
-        match result {
-            Ok(()) => {
-                self.states[i] = St::Frozen;
-                self.emit(Event::Frozen {
-                    mount: i,
-                    duration_us: took.map(micros).unwrap_or(0),
-                });
-                if matches!(self.phase, Phase::Thawing(_)) {
-                    // A call that returned after the thaw began: thaw it now.
-                    self.thaw_queue.push_front(i);
-                    self.pump_thaw();
-                } else {
-                    self.frozen_order.push(i);
+                Effect::Freeze(i) => {
+                    let fd = self.fds[i].clone();
+                    let flags = self.frozen_flags.clone();
+                    let tx = self.tx.clone();
+                    spawn_worker("fifreeze", move || {
+                        let result = ioctl::freeze(fd.as_fd());
+                        if result.is_ok() {
+                            flags[i].store(true, Ordering::SeqCst);
+                        }
+                        let _ = tx.send(Input::FreezeReturned { mount: i, result });
+                    });
                 }
-            }
-            Err(errno) => {
-                // Not frozen by us (EBUSY: by someone else): it must never be thawed by us.
-                let _ = self.records.remove(self.plan.mounts[i].dev);
-                self.states[i] = St::Failed;
-                let kind = match errno {
-                    Errno::EBUSY => FailKind::AlreadyFrozen,
-                    Errno::EOPNOTSUPP => FailKind::Unsupported,
-                    _ => FailKind::Error,
-                };
-                let error = match kind {
-                    FailKind::AlreadyFrozen => {
-                        "already frozen by another process: reported and left frozen".to_string()
-                    }
-                    FailKind::Unsupported => "this filesystem does not support freezing".into(),
-                    FailKind::Error => format!("FIFREEZE: {}", errno.desc()),
-                };
-                self.emit(Event::FreezeFailed {
-                    mount: i,
-                    kind,
-                    errno: errno as i32,
-                    error,
-                });
+                Effect::Thaw(i) => {
+                    let fd = self.fds[i].clone();
+                    let flags = self.frozen_flags.clone();
+                    let tx = self.tx.clone();
+                    spawn_worker("fithaw", move || {
+                        let result = ioctl::thaw(fd.as_fd());
+                        if matches!(result, Ok(()) | Err(Errno::EINVAL)) {
+                            flags[i].store(false, Ordering::SeqCst);
+                        }
+                        let _ = tx.send(Input::ThawReturned { mount: i, result });
+                    });
+                }
+                Effect::RemoveRecord(i) => {
+                    let _ = self.records.remove(self.plan.mounts[i].dev);
+                }
+                Effect::Emit(mut ev) => {
+                    self.stamp(&mut ev);
+                    self.emit(ev);
+                }
+                Effect::Exit => return true,
             }
         }
-        if self.phase == Phase::Freezing {
-            self.launch_ready();
-            self.maybe_settled();
-        }
-        self.maybe_complete();
+        false
     }
 
-    fn maybe_settled(&mut self) {
-        if !self.settled_sent
-            && self.phase == Phase::Freezing
-            && self
-                .states
-                .iter()
-                .all(|s| matches!(s, St::Frozen | St::Failed))
-        {
-            self.settled_sent = true;
-            self.emit(Event::AllSettled { unix_ms: unix_ms() });
-        }
-    }
-
-    fn begin_thaw(&mut self, reason: ThawReason) {
-        if matches!(self.phase, Phase::Thawing(_)) {
-            return;
-        }
-        self.phase = Phase::Thawing(reason);
-        for s in self.states.iter_mut() {
-            if *s == St::Idle {
-                *s = St::Cancelled;
+    /// Fills in the wall-clock fields that the core leaves at 0.
+    fn stamp(&mut self, ev: &mut Event) {
+        match ev {
+            Event::FreezeStarted {
+                unix_ms: at,
+                deadline_unix_ms,
+                ..
+            } => {
+                *at = unix_ms();
+                *deadline_unix_ms = self.deadline_unix_ms().unwrap_or(0);
             }
-        }
-        // Exact reverse of the freeze order: what lies beneath is thawed before what sits on it.
-        self.thaw_queue
-            .extend(self.frozen_order.iter().rev().copied());
-        self.pump_thaw();
-        self.maybe_complete();
-    }
-
-    fn pump_thaw(&mut self) {
-        if self.thaw_inflight.is_some() {
-            return;
-        }
-        while let Some(i) = self.thaw_queue.pop_front() {
-            if self.states[i] != St::Frozen {
-                continue;
-            }
-            self.states[i] = St::Thawing;
-            let fd = self.fds[i].clone();
-            let tx = self.tx.clone();
-            spawn_worker("fithaw", move || {
-                let _ = tx.send(Msg::ThawDone(i, ioctl::thaw(fd.as_fd())));
-            });
-            self.thaw_inflight = Some((i, Instant::now()));
-            return;
+            Event::AllSettled { unix_ms: at }
+            | Event::DeadlineReached { unix_ms: at }
+            | Event::ThawComplete { unix_ms: at, .. } => *at = unix_ms(),
+            _ => {}
         }
     }
 
-    fn thaw_done(&mut self, i: usize, result: Result<(), Errno>) {
-        match result {
-            // EINVAL: not frozen any more (someone thawed it, e.g. `fsfreeze -u`): done too.
-            Ok(()) | Err(Errno::EINVAL) => {
-                self.frozen_flags[i].store(false, Ordering::SeqCst);
-                self.states[i] = St::Thawed;
-                let _ = self.records.remove(self.plan.mounts[i].dev);
-                let frozen_us = self.call_started[i]
-                    .map(|s| micros(s.elapsed()))
-                    .unwrap_or(0);
-                self.emit(Event::Thawed {
-                    mount: i,
-                    frozen_us,
-                });
-            }
-            Err(errno) => {
-                self.states[i] = St::ThawFailed;
-                self.emit(Event::ThawFailed {
-                    mount: i,
-                    errno: errno as i32,
-                    error: format!("FITHAW: {}", errno.desc()),
-                });
-            }
+    /// The monotonic deadline as the wall clock reads it now, computed once.
+    fn deadline_unix_ms(&mut self) -> Option<u64> {
+        if self.deadline_unix_ms.is_none() {
+            let deadline = self.core.deadline()?;
+            let (wall, mono) = (SystemTime::now(), Instant::now());
+            let at = match deadline.checked_duration_since(mono) {
+                Some(ahead) => wall + ahead,
+                None => wall - mono.duration_since(deadline),
+            };
+            self.deadline_unix_ms = Some(unix_ms_of(at));
         }
-        if self.thaw_inflight.is_some_and(|(j, _)| j == i) {
-            self.thaw_inflight = None;
-        }
-        self.pump_thaw();
-        self.maybe_complete();
+        self.deadline_unix_ms
     }
+}
 
-    fn maybe_complete(&mut self) {
-        let Phase::Thawing(reason) = self.phase else {
-            return;
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_wall_clock_deadline_is_derived_from_the_core_and_stamped_on_events() {
+        // No mounts: nothing is opened or frozen, but the core still keeps its deadline.
+        let plan = Plan {
+            mounts: Vec::new(),
+            timeout_ms: 10_000,
+            preflush: false,
+            flush_budget_ms: 0,
+            state_dir: std::env::temp_dir(),
         };
-        if self.complete_sent || self.thaw_inflight.is_some() || !self.thaw_queue.is_empty() {
-            return;
-        }
-        if self.states.contains(&St::Frozen) {
-            return;
-        }
-        self.complete_sent = true;
-        let pending = (0..self.states.len())
-            .filter(|&i| matches!(self.states[i], St::Freezing | St::Thawing))
-            .collect();
-        self.emit(Event::ThawComplete {
-            reason,
-            unix_ms: unix_ms(),
-            frozen_us: self.first_freeze.map(|t| micros(t.elapsed())),
-            pending,
-        });
-    }
-
-    fn finished(&self) -> bool {
-        self.complete_sent
-            && !self
-                .states
-                .iter()
-                .any(|s| matches!(s, St::Freezing | St::Thawing | St::Frozen))
+        let (tx, _rx) = mpsc::channel();
+        let (out, events) = mpsc::channel();
+        let mut shell = Shell::new(plan, Vec::new(), tx, out);
+        let before = unix_ms();
+        assert!(!shell.feed(Input::Freeze));
+        let settled = events.try_recv().unwrap();
+        assert!(matches!(settled, Event::AllSettled { unix_ms } if unix_ms >= before));
+        let mut ev = Event::FreezeStarted {
+            mount: 0,
+            unix_ms: 0,
+            deadline_unix_ms: 0,
+        };
+        shell.stamp(&mut ev);
+        let Event::FreezeStarted {
+            unix_ms: at,
+            deadline_unix_ms,
+            ..
+        } = ev
+        else {
+            unreachable!()
+        };
+        assert!(at >= before);
+        assert!(
+            (before + 10_000..before + 11_000).contains(&deadline_unix_ms),
+            "{deadline_unix_ms} vs {before}"
+        );
+        // Computed once: every event of the freeze carries the same deadline.
+        assert_eq!(shell.deadline_unix_ms(), Some(deadline_unix_ms));
     }
 }

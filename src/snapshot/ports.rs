@@ -219,13 +219,7 @@ impl WatchdogFreezer {
         let known = self.view.warnings.len();
         self.view.mounts.clone_from(&s.mounts);
         self.view.times = s.times.clone();
-        if self.view.times.deadline_ms.is_none() {
-            self.view.times.deadline_ms = s
-                .times
-                .freeze_started_ms
-                .map(|t| t + self.plan.timeout.as_millis() as u64);
-        }
-        self.view.thaw_reason = s.thaw_reason.map(Into::into);
+        self.view.thaw_reason = s.thaw_reason;
         self.view.warnings.clone_from(&s.warnings);
         self.view.warnings.get(known..).unwrap_or_default().to_vec()
     }
@@ -263,9 +257,7 @@ impl WatchdogFreezer {
                 });
             }
             Some(Wd::ThawComplete { reason, .. }) => {
-                out.push(Event::Thawed {
-                    reason: reason.into(),
-                });
+                out.push(Event::Thawed { reason });
             }
             Some(_) => {}
         }
@@ -285,9 +277,7 @@ impl Freezer for WatchdogFreezer {
     fn thaw(&mut self, reason: ThawReason) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             match self.session.as_mut() {
-                Some(s) if self.open && s.thaw_reason.is_none() => {
-                    s.request_thaw(reason.into()).await
-                }
+                Some(s) if self.open && s.thaw_reason.is_none() => s.request_thaw(reason).await,
                 // Nothing of ours is frozen (nothing froze, or the watchdog is gone).
                 _ => {
                     if self.session.is_none() || !self.open {
