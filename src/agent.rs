@@ -435,3 +435,140 @@ pub async fn wait_until(
 pub fn reached_frozen(s: &Snapshot) -> bool {
     !matches!(s.state, State::PreHooks | State::Freezing)
 }
+
+/// The registry in-process, on the fakes of the freezer and the hook runner (no root).
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::snapshot::fakes::{self, FakeFreezers, FakeHooks};
+
+    fn agent(hooks_yaml: &str) -> (Arc<Agent>, Arc<FakeHooks>, Arc<FakeFreezers>) {
+        let text = format!(
+            "state_dir: /run/quiesce-test\nauth: {{mode: hmac, key_file: /etc/quiesce/host.key}}\n\
+             hooks: {hooks_yaml}\n"
+        );
+        let config = Config::parse(Path::new("/etc/quiesce/config.yaml"), &text).unwrap();
+        let ctx = Context {
+            config: Arc::new(config),
+            exe: "/nonexistent/quiesce".into(),
+            callback_key: None,
+        };
+        let hooks = Arc::new(FakeHooks::default());
+        let freezers = FakeFreezers::new(&["/data", "/logs"]);
+        let agent = Agent::with_ports(ctx, fakes::ports(&hooks, &freezers));
+        (agent, hooks, freezers)
+    }
+
+    fn body(request_id: Option<&str>) -> CreateBody {
+        CreateBody {
+            request_id: request_id.map(str::to_owned),
+            ..Default::default()
+        }
+    }
+
+    async fn frozen(agent: &Agent, id: &str) -> Snapshot {
+        let rx = agent.watch(id).expect("known id");
+        wait_until(rx, Duration::from_secs(10), reached_frozen).await
+    }
+
+    fn id_of(c: Created) -> String {
+        match c {
+            Created::New(s) | Created::Existing(s) => s.id,
+        }
+    }
+
+    #[tokio::test]
+    async fn one_snapshot_at_a_time_and_request_ids_are_idempotent() {
+        let (agent, _hooks, _freezers) = agent("[]");
+        let first = agent.create(body(Some("r-1"))).unwrap();
+        let Created::New(s) = first else {
+            panic!("a new snapshot")
+        };
+        assert!(agent.busy());
+        // Busy for anyone else; the same request_id gets the same snapshot.
+        match agent.create(body(None)) {
+            Err(CreateError::Busy { active }) => assert_eq!(active, s.id),
+            other => panic!("{other:?}"),
+        }
+        match agent.create(body(Some("r-1"))).unwrap() {
+            Created::Existing(e) => assert_eq!(e.id, s.id),
+            other => panic!("{other:?}"),
+        }
+        frozen(&agent, &s.id).await;
+        let thawed = agent
+            .control(&s.id, Control::HostThaw { taken: true })
+            .await
+            .unwrap();
+        assert!(thawed.mounts.iter().all(|m| !m.frozen));
+        let rx = agent.watch(&s.id).unwrap();
+        let end = wait_until(rx, Duration::from_secs(10), |s| s.state.is_end()).await;
+        assert_eq!(end.state, State::Succeeded);
+        assert!(!agent.busy());
+        // The next one may start; the history is newest first.
+        let second = id_of(agent.create(body(Some("r-2"))).unwrap());
+        let ids: Vec<String> = agent.list().into_iter().map(|s| s.id).collect();
+        assert_eq!(ids, [second.clone(), s.id.clone()]);
+        agent.shutdown().await;
+        let last = agent.list();
+        assert_eq!(last[0].state, State::Aborted);
+    }
+
+    #[tokio::test]
+    async fn controls_are_refused_where_the_contract_says() {
+        let (agent, _hooks, _freezers) = agent("[]");
+        assert!(matches!(
+            agent.control("nope", Control::Abort).await,
+            Err(ControlError::NotFound)
+        ));
+        let id = id_of(agent.create(body(None)).unwrap());
+        frozen(&agent, &id).await;
+        agent
+            .control(&id, Control::HostThaw { taken: true })
+            .await
+            .unwrap();
+        // DELETE once the host's thaw arrived, and a second thaw: 409 with the snapshot.
+        for c in [Control::Abort, Control::HostThaw { taken: true }] {
+            match agent.control(&id, c).await {
+                Err(ControlError::Conflict(s, _)) => assert_eq!(s.id, id),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_bad_request_changes_nothing() {
+        let (agent, _hooks, freezers) = agent("[]");
+        let bad = CreateBody {
+            mounts: Some(vec!["/not-a-target".into()]),
+            ..Default::default()
+        };
+        assert!(matches!(agent.create(bad), Err(CreateError::BadRequest(_))));
+        let bad = CreateBody {
+            request_id: Some("spaces are not allowed".into()),
+            ..Default::default()
+        };
+        assert!(matches!(agent.create(bad), Err(CreateError::BadRequest(_))));
+        assert!(!agent.busy());
+        assert!(agent.list().is_empty());
+        assert!(freezers.records().is_empty());
+    }
+
+    #[tokio::test]
+    async fn shutdown_during_pre_hooks_cancels_and_refuses_new_snapshots() {
+        let (agent, hooks, freezers) = agent("[{name: slow, pre: [/bin/slow], post: [/bin/slow]}]");
+        hooks.set("slow", crate::hooks::Phase::Pre, 0, Duration::from_secs(60));
+        let id = id_of(agent.create(body(None)).unwrap());
+        agent.shutdown().await;
+        let end = agent.watch(&id).unwrap().borrow().clone();
+        assert_eq!((end.state, end.consistency), (State::Aborted, None));
+        assert!(freezers.records().is_empty());
+        assert!(matches!(
+            agent.create(body(None)),
+            Err(CreateError::ShuttingDown)
+        ));
+    }
+}

@@ -6,7 +6,7 @@
 
 mod driver;
 #[cfg(test)]
-mod fakes;
+pub(crate) mod fakes;
 pub mod model;
 pub mod ports;
 #[cfg(test)]
