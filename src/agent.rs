@@ -10,8 +10,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::lifecycle::{Refusal, Requested, State};
 use crate::metrics::Metrics;
+use crate::snapshot::lifecycle::{Refusal, Requested, State};
 use crate::snapshot::model::Snapshot;
 use crate::snapshot::ports::Ports;
 use crate::snapshot::{self, Context, Control, ControlMsg, Request};
@@ -275,13 +275,13 @@ impl Agent {
             // A logind inhibitor lock from before the first pre hook until the last post hook
             // has ended (`run` returns only then), so that no reboot or suspend cuts the
             // snapshot in half. `None` where there is no bus or no logind.
-            let inhibitor = crate::dbus::logind::inhibit(&id).await;
+            let inhibitor = crate::systemd::dbus::logind::inhibit(&id).await;
             let end = run.await;
             drop(inhibitor);
             metrics.snapshot_ended(&end);
             metrics.set_frozen(false);
             metrics.set_active(false);
-            crate::heap::give_back();
+            crate::sys::heap::give_back();
             end
         });
         // The snapshots before this one have ended (admitted only then): keep their reports,

@@ -1,11 +1,14 @@
 //! quiesce: a guest agent for application-consistent VM snapshots.
 //!
-//! The tree follows the job split of the design: `freezer` discovers mounts, orders them along
-//! the storage stack and freezes them through a watchdog process that never leaves one frozen;
-//! `config` reads the operator's YAML; `commands` holds the command-line entry points.
+//! `ARCHITECTURE.md` at the root has the map. In short: `snapshot` is one snapshot (the pure
+//! `lifecycle` state machine and the `driver` that wires it to hooks and the freezer), `agent`
+//! keeps them one at a time, `http` is the API in front of it; `freezer` discovers mounts and
+//! freezes them through a watchdog process (its decisions in the pure `freezer::core`);
+//! `hooks` runs the operator's commands; `client` and `commands::snapshot` are the host side;
+//! `systemd` and `logging` talk to the service manager and the journal; `sys` holds the only
+//! unsafe code.
 
-// Unsafe code lives in `freezer::ioctl` and `heap` only, where every block carries a SAFETY
-// comment.
+// Unsafe code lives in `sys` only, where every block carries a SAFETY comment.
 #![deny(unsafe_code)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
@@ -16,14 +19,12 @@ pub mod cli;
 pub mod client;
 pub mod commands;
 pub mod config;
-pub mod dbus;
 pub mod duration;
 pub mod freezer;
-pub mod heap;
 pub mod hooks;
 pub mod http;
-pub mod lifecycle;
 pub mod logging;
 pub mod metrics;
-pub mod notify;
 pub mod snapshot;
+pub mod sys;
+pub mod systemd;

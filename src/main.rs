@@ -20,7 +20,7 @@ fn main() -> ExitCode {
     }
     if let Cmd::Daemon(_) = cli.command {
         // Before the first thread: one malloc arena for all of them.
-        quiesce::heap::one_arena();
+        quiesce::sys::heap::one_arena();
     }
     // journald or stderr, from a thread of its own; dropped last, it flushes what is pending.
     let _log = quiesce::logging::init();

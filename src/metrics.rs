@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::lifecycle::{Consistency, State};
+use crate::snapshot::lifecycle::{Consistency, State};
 use crate::snapshot::model::Snapshot;
 
 /// Upper bounds (in ms) of the duration buckets, for freeze windows and hook runs alike: a
@@ -409,7 +409,7 @@ mod tests {
     use std::path::PathBuf;
 
     use super::*;
-    use crate::lifecycle::{Problem, Requested, ThawReason};
+    use crate::snapshot::lifecycle::{Problem, Requested, ThawReason};
     use crate::snapshot::model::{HookReport, MountReport};
 
     type Labels = Vec<(String, String)>;
@@ -630,7 +630,7 @@ mod tests {
                 hook(HOOK_B, "post", Some(0), 7),
             ],
             errors: vec![Problem {
-                reason: crate::lifecycle::Reason::PreHookFailed,
+                reason: crate::snapshot::lifecycle::Reason::PreHookFailed,
                 message: format!("pre hook {HOOK_A} failed"),
             }],
             warnings: vec![],

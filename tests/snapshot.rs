@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::*;
 use quiesce::config::Config;
-use quiesce::lifecycle::{Consistency, Refusal, Requested, State, ThawReason};
+use quiesce::snapshot::lifecycle::{Consistency, Refusal, Requested, State, ThawReason};
 use quiesce::snapshot::model::Snapshot;
 use quiesce::snapshot::{self, Context, Control, ControlMsg, Request};
 use tokio::sync::{mpsc, oneshot, watch};

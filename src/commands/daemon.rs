@@ -19,11 +19,11 @@ use tokio::sync::watch;
 
 use crate::agent::Agent;
 use crate::config::{AuthMode, Config, Listen};
-use crate::freezer::records::{self, AgentLock};
+use crate::freezer::recovery::{self, AgentLock};
 use crate::http::{self, AuthSlot};
 use crate::logging::ids;
-use crate::notify;
 use crate::snapshot::Context;
+use crate::systemd::notify;
 
 /// A bad configuration: the daemon refuses to start (exit 1), like `check-config`.
 #[derive(Debug, thiserror::Error)]
@@ -57,7 +57,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<i32> {
         .with_context(|| format!("locking state_dir {}", config.state_dir.display()))?;
     // A previous run that was killed may have left mounts frozen: thaw them first.
     // Before anything is served, on this thread: a blocking-pool thread would linger 10 s.
-    for outcome in records::thaw_recorded(&config.state_dir)? {
+    for outcome in recovery::thaw_recorded(&config.state_dir)? {
         tracing::warn!(?outcome, "recovered a mount recorded by a previous run");
     }
     let listener: http::Listener = match config.listen_address().map_err(anyhow::Error::msg)? {

@@ -18,11 +18,11 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::cli::FreezeArgs;
 use crate::freezer::protocol::escaped_path;
-use crate::freezer::records::{self, AgentLock, Recovery};
+use crate::freezer::recovery::{self, AgentLock, Recovery};
 use crate::freezer::select::SkipReason;
 use crate::freezer::session::{rfc3339, MountStatus, Outcome};
 use crate::freezer::{self, FreezeOptions};
-use crate::lifecycle::{Reason, Requested, State, ThawReason};
+use crate::snapshot::lifecycle::{Reason, Requested, State, ThawReason};
 use crate::snapshot::ports::{FreezeView, Ports};
 use crate::snapshot::{self, Context, Control, ControlMsg, Outputs, Request, RequestError};
 
@@ -114,7 +114,7 @@ pub async fn run(args: FreezeArgs) -> anyhow::Result<i32> {
         .with_context(|| format!("locking state_dir {}", state_dir.display()))?;
     // Whatever a killed predecessor left frozen is thawed first (same filesystems only).
     let dir = state_dir.clone();
-    let recovered = tokio::task::spawn_blocking(move || records::thaw_recorded(&dir))
+    let recovered = tokio::task::spawn_blocking(move || recovery::thaw_recorded(&dir))
         .await?
         .context("recovering records in state_dir")?;
 

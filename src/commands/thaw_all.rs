@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::config::DEFAULT_STATE_DIR;
-use crate::freezer::records::{self, Recovery};
+use crate::freezer::recovery::{self, Recovery};
 
 /// The state_dir named by the config, read leniently: a broken config must not stop a thaw.
 pub fn state_dir_of(config: &Path) -> (PathBuf, Option<String>) {
@@ -39,7 +39,7 @@ pub fn run(config: &Path) -> i32 {
     if let Some(w) = warning {
         eprintln!("quiesce thaw-all: warning: {w}");
     }
-    match records::thaw_recorded(&state_dir) {
+    match recovery::thaw_recorded(&state_dir) {
         Err(e) => {
             eprintln!(
                 "quiesce thaw-all: reading records in {}: {e}",

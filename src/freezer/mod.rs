@@ -11,10 +11,9 @@
 //! - [`records`] keeps in `state_dir` what is frozen, for `thaw-all` and the start-up recovery.
 
 pub mod core;
-pub mod ioctl;
 pub mod mountinfo;
 pub mod protocol;
-pub mod records;
+pub mod recovery;
 pub mod select;
 pub mod session;
 pub mod stack;
@@ -127,14 +126,14 @@ pub fn plan(discovery: &Discovery, opts: &FreezeOptions) -> Result<Plan, PlanErr
         path: opts.state_dir.clone(),
         source,
     };
-    records::Records::new(&opts.state_dir)
+    recovery::Records::new(&opts.state_dir)
         .ensure_dir()
         .map_err(state_err)?;
     let state_dev = std::fs::metadata(&opts.state_dir).map_err(state_err)?.dev();
     let mut mounts = Vec::with_capacity(discovery.targets.len());
     for (i, m) in discovery.targets.iter().enumerate() {
         let (_, identity) =
-            records::open_identified(&m.mount_point).map_err(|source| PlanError::Open {
+            recovery::open_identified(&m.mount_point).map_err(|source| PlanError::Open {
                 path: m.mount_point.clone(),
                 source,
             })?;

@@ -51,7 +51,7 @@ pub struct Plan {
 /// Why mounts are thawed: the lifecycle's reason, on the wire as the contract spells it. The
 /// watchdog's own "the agent died" never goes on the wire (nobody is left to read it): see
 /// [`super::core::ThawCause`].
-pub use crate::lifecycle::ThawReason;
+pub use crate::snapshot::lifecycle::ThawReason;
 
 /// Agent → watchdog, after the plan.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

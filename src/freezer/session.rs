@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use super::protocol::{escaped_path, Command, Event, FailKind, Plan, SetupProblem, ThawReason};
-use super::records;
+use super::recovery;
 use crate::logging::{self, ids, FrozenHold};
 
 /// How long the watchdog may take to open the mounts and lock its memory.
@@ -299,7 +299,7 @@ impl FreezeSession {
             return;
         }
         let dir = self.state_dir.clone();
-        let recovered = tokio::task::spawn_blocking(move || records::thaw_recorded(&dir)).await;
+        let recovered = tokio::task::spawn_blocking(move || recovery::thaw_recorded(&dir)).await;
         self.warnings.push(format!(
             "the watchdog exited unexpectedly; recovery from state_dir: {recovered:?}"
         ));

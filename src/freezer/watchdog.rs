@@ -23,9 +23,9 @@ use nix::errno::Errno;
 use nix::sys::signal::{SigSet, Signal};
 
 use super::core::{Core, CorePlan, Effect, Input, RecordFailure};
-use super::ioctl;
 use super::protocol::{Command, Event, Plan, SetupProblem};
-use super::records::{self, Records};
+use super::recovery::{self, Records};
+use crate::sys::ioctl;
 /// Stack of the freeze/flush/thaw threads: they make one syscall each. Small, as it is locked.
 const WORKER_STACK: usize = 64 * 1024;
 
@@ -121,10 +121,11 @@ fn setup(plan: &Plan) -> Result<(Vec<Arc<OwnedFd>>, Vec<String>), SetupProblem> 
     let errno = |e: &io::Error| e.raw_os_error().unwrap_or(0);
     let mut fds = Vec::with_capacity(plan.mounts.len());
     for m in &plan.mounts {
-        let (fd, identity) = records::open_identified(&m.path).map_err(|e| SetupProblem::Open {
-            path: m.path.clone(),
-            errno: errno(&e),
-        })?;
+        let (fd, identity) =
+            recovery::open_identified(&m.path).map_err(|e| SetupProblem::Open {
+                path: m.path.clone(),
+                errno: errno(&e),
+            })?;
         if identity != m.identity {
             return Err(SetupProblem::Replaced {
                 path: m.path.clone(),

@@ -23,7 +23,7 @@
 //!   killed before that line leaves the hook to init, and descendants outside the group are
 //!   out of reach either way.
 //! - On a systemd machine each run has a transient scope unit of its own
-//!   ([`crate::dbus::scope`]): the helper is started with `--wait-go`, moved into the scope,
+//!   ([`crate::systemd::dbus::scope`]): the helper is started with `--wait-go`, moved into the scope,
 //!   and only then told to start the hook, so the hook's whole tree is born in the scope's
 //!   cgroup. When the tree had to be stopped (timeout, cancellation) or the helper was lost,
 //!   the runner then SIGKILLs whatever is left in the cgroup, including processes the helper

@@ -15,7 +15,7 @@ use super::capture::{Capture, LogItem};
 use super::exec::KILL_WAIT;
 use super::protocol::{HelperEvent, HelperReport};
 use super::{HookOutcome, HookSpec, OUTPUT_TAIL_BYTES};
-use crate::dbus::scope::{self, Scope};
+use crate::systemd::dbus::scope::{self, Scope};
 
 /// After the helper exits, output still in the pipe is read for this long; a process the hook
 /// left running may hold the pipe open forever.
@@ -232,7 +232,7 @@ pub async fn run_hook(
     outcome
 }
 
-/// Creates the run's scope unit around the helper (see [`crate::dbus::scope`]).
+/// Creates the run's scope unit around the helper (see [`crate::systemd::dbus::scope`]).
 async fn start_scope(spec: &HookSpec, helper_pid: u32) -> Option<Scope> {
     let snapshot = &spec.snapshot_id;
     let name = scope::unit_name(snapshot, &spec.name, spec.phase.as_str());

@@ -13,8 +13,8 @@ use super::model::{HookReport, MountReport, Snapshot};
 use super::ports::{FreezeView, Freezer, Ports};
 use super::{now_ms, rfc3339, Context, Control, ControlMsg, Prepared};
 use crate::hooks::{self, HookOutcome, HookSpec, Phase};
-use crate::lifecycle::{Action, Event, Lifecycle, Milestone, Refusal, State, ThawReason};
 use crate::logging::ids;
+use crate::snapshot::lifecycle::{Action, Event, Lifecycle, Milestone, Refusal, State, ThawReason};
 
 struct RunningHook {
     hook: usize,

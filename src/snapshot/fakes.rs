@@ -14,7 +14,7 @@ use crate::freezer::mountinfo::{DevNum, MountInfo};
 use crate::freezer::session::Outcome;
 use crate::freezer::{select, Discovery, PlanError};
 use crate::hooks::{HookOutcome, HookSpec, Phase};
-use crate::lifecycle::{Event, ThawReason};
+use crate::snapshot::lifecycle::{Event, ThawReason};
 
 /// What a fake hook does: exit code and how long it takes.
 #[derive(Debug, Clone, Copy)]

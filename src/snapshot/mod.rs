@@ -1,4 +1,4 @@
-//! One snapshot, run in-process: the pure [`lifecycle`](crate::lifecycle) core wired by the
+//! One snapshot, run in-process: the pure [`lifecycle`](crate::snapshot::lifecycle) core wired by the
 //! [`driver`] to the hook runner and the freezer ([`ports`]). Every front door (the HTTP API,
 //! `quiesce freeze`) creates a [`Request`], checks it with [`prepare`] (a bad request changes
 //! nothing), then drives [`run`] through [`ControlMsg`]s and watches the
@@ -7,6 +7,7 @@
 mod driver;
 #[cfg(test)]
 pub(crate) mod fakes;
+pub mod lifecycle;
 pub mod model;
 pub mod ports;
 #[cfg(test)]
@@ -24,7 +25,7 @@ use tracing::Instrument;
 use crate::config::Config;
 pub use crate::freezer::session::rfc3339;
 use crate::freezer::{Discovery, PlanError};
-use crate::lifecycle::{HookPlan, Lifecycle, Refusal, Requested, Setup, State};
+use crate::snapshot::lifecycle::{HookPlan, Lifecycle, Refusal, Requested, Setup, State};
 use model::{MountReport, Snapshot};
 use ports::Ports;
 

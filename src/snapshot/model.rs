@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use crate::freezer::protocol::escaped_path;
-use crate::lifecycle::{Consistency, Problem, Requested, State, ThawReason};
+use crate::snapshot::lifecycle::{Consistency, Problem, Requested, State, ThawReason};
 
 /// One target mount.
 #[derive(Debug, Clone, PartialEq, Serialize)]

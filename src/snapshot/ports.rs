@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use crate::freezer::session::{FreezeSession, MountStatus, Outcome, Times};
 use crate::freezer::{self, Discovery, FreezeOptions, PlanError};
 use crate::hooks::{self, HookOutcome, HookSpec};
-use crate::lifecycle::{Event, ThawReason};
+use crate::snapshot::lifecycle::{Event, ThawReason};
 
 /// A boxed future, as the seams return them (they are called a few times per snapshot).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

@@ -14,7 +14,7 @@ use super::ports::Ports;
 use super::{Context, Control, ControlMsg, Outputs, Request};
 use crate::config::Config;
 use crate::hooks::Phase;
-use crate::lifecycle::{Consistency, Reason, Refusal, Requested, State, ThawReason};
+use crate::snapshot::lifecycle::{Consistency, Reason, Refusal, Requested, State, ThawReason};
 
 fn context(hooks_yaml: &str, timeout: &str) -> Context {
     let text = format!(

@@ -17,9 +17,9 @@ use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
-use super::ioctl;
 use super::mountinfo::DevNum;
 use super::protocol::{escaped_path, FsIdentity, PlanMount};
+use crate::sys::ioctl;
 
 /// How long a recovery FITHAW may take before it is reported as hung and left behind.
 pub const RECOVERY_THAW_WAIT: Duration = Duration::from_secs(2);

@@ -1,4 +1,4 @@
-//! FIFREEZE and FITHAW: the crate's only unsafe code.
+//! FIFREEZE and FITHAW (with [`super::heap`], the crate's only unsafe code).
 //!
 //! Both ioctls take an int argument that the kernel ignores; the request numbers are
 //! `_IOWR('X', 119, int)` and `_IOWR('X', 120, int)` (linux/fs.h).

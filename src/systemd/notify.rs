@@ -10,7 +10,7 @@ use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::time::Duration;
 
-use crate::lifecycle::State;
+use crate::snapshot::lifecycle::State;
 use crate::snapshot::model::Snapshot;
 
 /// How long a notification that matters (READY, RELOADING, STOPPING) is retried while the

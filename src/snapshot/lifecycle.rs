@@ -1368,7 +1368,7 @@ mod tests {
 
     #[test]
     fn docs_http_lists_exactly_the_reasons() {
-        let doc = include_str!("../docs/http.md");
+        let doc = include_str!("../../docs/http.md");
         let start = doc.find("Codes:").expect("docs/http.md lists the codes");
         let end = start + doc[start..].find("\n- ").expect("end of the codes item");
         let listed: Vec<&str> = doc[start..end].split('`').skip(1).step_by(2).collect();
