@@ -260,7 +260,7 @@ impl Service {
 /// The status line as it stands: the newest snapshot's, or where the daemon listens.
 fn status_now(agent: &Agent, local: &str) -> String {
     match agent.latest().borrow().as_ref() {
-        Some(s) => notify::status_line(s),
+        Some(s) => s.status_line(),
         None => format!("listening on {local}, no snapshot yet"),
     }
 }
@@ -271,7 +271,7 @@ async fn follow_status(agent: Arc<Agent>) {
     let mut last = String::new();
     while latest.changed().await.is_ok() {
         let line = match latest.borrow_and_update().as_ref() {
-            Some(s) => notify::status_line(s),
+            Some(s) => s.status_line(),
             None => continue,
         };
         if line != last {

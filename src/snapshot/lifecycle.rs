@@ -74,34 +74,9 @@ impl Consistency {
     }
 }
 
-/// Why the mounts were thawed: the one enum of the agent, the watchdog's pipe and the reports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ThawReason {
-    /// The host said the storage snapshot is done.
-    Host,
-    /// The hard deadline passed.
-    Deadline,
-    /// The snapshot was aborted.
-    Abort,
-    /// The agent is stopping.
-    Shutdown,
-    /// An error inside the agent (or the watchdog lost).
-    Error,
-}
-
-impl ThawReason {
-    /// The contract's spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ThawReason::Host => "host",
-            ThawReason::Deadline => "deadline",
-            ThawReason::Abort => "abort",
-            ThawReason::Shutdown => "shutdown",
-            ThawReason::Error => "error",
-        }
-    }
-}
+/// Why the mounts were thawed: the one enum of the agent, the watchdog's pipe and the reports
+/// (defined with the freezer, which acts on it).
+pub use crate::freezer::protocol::ThawReason;
 
 /// The stable codes of a report's `errors[].reason` and `warnings[].reason`
 /// (`docs/http.md` lists them; a test holds the two together).
