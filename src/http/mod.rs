@@ -513,6 +513,11 @@ pub async fn serve(
                 }
             }
         });
+        // Let the new connection read what it was sent before the next accept may evict it:
+        // a signed request that arrived whole is authenticated before anyone can push it out
+        // (the runtime has one thread; without this, a backlog of connections would be
+        // accepted in one go, each evicting an older one that was never read).
+        tokio::task::yield_now().await;
     }
     ticker.abort();
 }
