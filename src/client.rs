@@ -101,23 +101,44 @@ pub struct AgentClient {
     base: Url,
     http: reqwest::Client,
     key: Option<Key>,
+    /// `--agent unix:PATH`: the agent's unix socket (`base` is then `http://localhost/`),
+    /// with the argument as given.
+    unix: Option<(std::path::PathBuf, String)>,
 }
 
 impl AgentClient {
     /// A client for the agent at `base_url` (`http://HOST:PORT`, optionally with a path prefix);
     /// requests are signed when `key` is given.
     pub fn new(base_url: &str, key: Option<Key>) -> Result<AgentClient, ClientError> {
+        if let Some(path) = base_url.strip_prefix("unix:") {
+            if !path.starts_with('/') {
+                return Err(ClientError::BadUrl {
+                    url: base_url.to_string(),
+                    reason: "the socket path must be absolute: unix:/run/quiesce/api.sock".into(),
+                });
+            }
+            return Ok(AgentClient {
+                base: Url::parse("http://localhost/").expect("a valid URL"),
+                http: http_client()?,
+                key,
+                unix: Some((path.into(), base_url.to_string())),
+            });
+        }
         let base = parse_base_url(base_url)?;
         Ok(AgentClient {
             base,
             http: http_client()?,
             key,
+            unix: None,
         })
     }
 
     /// The agent's base URL as given (normalised).
     pub fn base_url(&self) -> &str {
-        self.base.as_str()
+        match &self.unix {
+            Some((_, given)) => given,
+            None => self.base.as_str(),
+        }
     }
 
     /// `GET /v1/health` (never signed: the agent does not check it).
@@ -197,45 +218,96 @@ impl AgentClient {
         sign: bool,
     ) -> Result<Reply, ClientError> {
         let body = body.unwrap_or_default();
-        let mut request = self
-            .http
-            .request(method.clone(), url.clone())
-            .timeout(limit);
-        if sign {
-            if let Some(key) = &self.key {
-                let headers =
-                    signed_headers(key, method.as_str(), &url, &body).map_err(|source| {
-                        ClientError::Nonce {
-                            method: method.clone(),
-                            url: url.to_string(),
-                            source,
-                        }
-                    })?;
-                for (name, value) in headers.pairs() {
-                    request = request.header(name, value);
-                }
-            }
-        }
-        if !body.is_empty() {
-            request = request
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(body);
-        }
-        let transport = |e: reqwest::Error| ClientError::Transport {
-            method: method.clone(),
-            url: url.to_string(),
-            connect: e.is_connect(),
-            what: describe_error(&e, limit),
+        let signature = match (&self.key, sign) {
+            (Some(key), true) => Some(signed_headers(key, method.as_str(), &url, &body).map_err(
+                |source| ClientError::Nonce {
+                    method: method.clone(),
+                    url: url.to_string(),
+                    source,
+                },
+            )?),
+            _ => None,
         };
-        let response = request.send().await.map_err(transport)?;
-        let status = response.status().as_u16();
-        let bytes = read_limited(response).await.map_err(transport)?;
+        let (status, bytes) = match &self.unix {
+            Some((path, _)) => {
+                self.send_unix(path, &method, &url, signature, body, limit)
+                    .await?
+            }
+            None => {
+                let mut request = self
+                    .http
+                    .request(method.clone(), url.clone())
+                    .timeout(limit);
+                if let Some(headers) = &signature {
+                    for (name, value) in headers.pairs() {
+                        request = request.header(name, value);
+                    }
+                }
+                if !body.is_empty() {
+                    request = request
+                        .header(reqwest::header::CONTENT_TYPE, "application/json")
+                        .body(body);
+                }
+                let transport = |e: reqwest::Error| ClientError::Transport {
+                    method: method.clone(),
+                    url: url.to_string(),
+                    connect: e.is_connect(),
+                    what: describe_error(&e, limit),
+                };
+                let response = request.send().await.map_err(transport)?;
+                let status = response.status().as_u16();
+                (status, read_limited(response).await.map_err(transport)?)
+            }
+        };
         let body = match serde_json::from_slice(&bytes) {
             Ok(v) => v,
             Err(_) if bytes.is_empty() => Value::Null,
             Err(_) => Value::String(String::from_utf8_lossy(&bytes).into_owned()),
         };
         Ok(Reply { status, body })
+    }
+}
+
+impl AgentClient {
+    /// The same request over the agent's unix socket ([`crate::client_unix`]).
+    async fn send_unix(
+        &self,
+        path: &std::path::Path,
+        method: &Method,
+        url: &Url,
+        signature: Option<auth::SignedHeaders>,
+        body: Vec<u8>,
+        limit: Duration,
+    ) -> Result<(u16, Vec<u8>), ClientError> {
+        let shown = format!("unix:{}{}", path.display(), path_and_query(url));
+        let mut request = hyper::Request::builder()
+            .method(method.as_str())
+            .uri(path_and_query(url))
+            .header("host", "localhost")
+            .header("user-agent", concat!("quiesce/", env!("CARGO_PKG_VERSION")));
+        if let Some(headers) = &signature {
+            for (name, value) in headers.pairs() {
+                request = request.header(name, value);
+            }
+        }
+        if !body.is_empty() {
+            request = request.header("content-type", "application/json");
+        }
+        let request = request
+            .header("content-length", body.len())
+            .body(axum::body::Body::from(body))
+            .map_err(|e| ClientError::BadUrl {
+                url: shown.clone(),
+                reason: e.to_string(),
+            })?;
+        crate::client_unix::send(path, request, limit, MAX_REPLY_BYTES)
+            .await
+            .map_err(|(what, connect)| ClientError::Transport {
+                method: method.clone(),
+                url: shown,
+                what,
+                connect,
+            })
     }
 }
 

@@ -17,6 +17,7 @@ pub mod auth;
 pub mod callbacks;
 pub mod cli;
 pub mod client;
+pub mod client_unix;
 pub mod commands;
 pub mod config;
 pub mod duration;

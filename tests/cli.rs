@@ -37,28 +37,36 @@ impl Agent {
     fn start(hmac: bool) -> Agent {
         let dir = scratch_dir();
         let fs = LoopFs::create(dir.path(), "data", Fs::Ext4, 32);
-        let auth = if hmac {
+        // Unsigned requests only on a unix socket (root's peers): `auth.mode: none` is
+        // refused on TCP.
+        let listen_auth = if hmac {
             // The scratch directory is root's and 0700; the key 0600, as the daemon demands.
             let key = dir.path().join("host.key");
             fs::write(&key, KEY).unwrap();
             fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).unwrap();
-            format!("{{mode: hmac, key_file: {key:?}}}")
+            format!(
+                "listen: 127.0.0.1:{}\nauth: {{mode: hmac, key_file: {key:?}}}\n",
+                free_port()
+            )
         } else {
-            "{mode: none}".to_string()
+            common::daemon::unix_listen_none(dir.path())
         };
         let config = dir.path().join("config.yaml");
         fs::write(
             &config,
             format!(
-                "listen: 127.0.0.1:{}\nstate_dir: {:?}\nauth: {auth}\nfreeze:\n  timeout: 10s\n  include_mounts: [{:?}]\nhooks: []\n",
-                free_port(),
+                "{listen_auth}state_dir: {:?}\nfreeze:\n  timeout: 10s\n  include_mounts: [{:?}]\nhooks: []\n",
                 dir.path().join("state"),
                 fs.mount
             ),
         )
         .unwrap();
         let daemon = Daemon::start(&config);
-        let url = format!("http://{}", daemon.addr);
+        let url = if daemon.addr.starts_with("unix:") {
+            daemon.addr.clone()
+        } else {
+            format!("http://{}", daemon.addr)
+        };
         Agent {
             daemon,
             fs,
@@ -91,8 +99,7 @@ impl Agent {
             }
         }
         head.push_str("\r\n");
-        let mut s = TcpStream::connect(&self.daemon.addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut s = common::daemon::connect(&self.daemon.addr, Duration::from_secs(30));
         s.write_all(head.as_bytes()).unwrap();
         s.write_all(body.as_bytes()).unwrap();
         let mut out = String::new();

@@ -43,6 +43,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<i32> {
     // Before anything else: from here on SIGTERM, SIGINT and SIGHUP are queued, never fatal.
     let mut signals =
         Signals::new([SIGTERM, SIGINT, SIGHUP]).context("installing the signal handlers")?;
+    started_unix();
     let config = match load(&config_path) {
         Ok(c) => c,
         Err(e) => {
@@ -67,6 +68,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<i32> {
             .into(),
         // The error says what to change (no vsock, port in use, permission): no context added.
         Listen::Vsock { port } => http::vsock::bind(port)?.into(),
+        Listen::Unix(path) => http::unix::bind(&path)?,
     };
     let local = listener.local()?;
     let (auth, callback_key) = credentials(&config)?;
@@ -155,12 +157,19 @@ type Credentials = (
     Option<crate::auth::Key>,
 );
 
+/// The Unix time this process started: signed requests made before it are refused (a
+/// restart must not reopen the replay window of requests captured before it).
+fn started_unix() -> u64 {
+    static STARTED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *STARTED.get_or_init(http::hmac::now_unix)
+}
+
 fn credentials(config: &Config) -> anyhow::Result<Credentials> {
     match config.auth.mode {
         AuthMode::Hmac => {
             let key = http::hmac::read_key(config)?;
             Ok((
-                Some(Arc::new(http::hmac::Hmac::new(key.clone()))),
+                Some(Arc::new(http::hmac::Hmac::new(key.clone(), started_unix()))),
                 Some(key),
             ))
         }

@@ -565,11 +565,13 @@ impl FreezeSession {
     }
 }
 
-/// Formats Unix milliseconds as RFC 3339 (UTC, milliseconds); saturates at the year 9999
-/// rather than failing.
+/// Formats Unix milliseconds as RFC 3339 (UTC, milliseconds).
+///
+/// Saturates at 9999-12-31T23:59:59.999Z, the last instant RFC 3339 can write (humantime
+/// panics beyond it): a time that far is a bad input, never a reason to panic.
 pub fn rfc3339(unix_ms: u64) -> String {
-    const MAX_MS: u64 = 253_402_300_799_999; // 9999-12-31T23:59:59.999Z
-    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(unix_ms.min(MAX_MS)))
+    const LAST_MS: u64 = 253_402_300_799_999;
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(unix_ms.min(LAST_MS)))
         .to_string()
 }
 
@@ -604,5 +606,16 @@ mod tests {
             err.to_string(),
             "watchdog setup failed: /data no longer holds the planned filesystem"
         );
+    }
+}
+
+#[cfg(test)]
+mod rfc3339_tests {
+    #[test]
+    fn far_times_saturate_instead_of_panicking() {
+        assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00.000Z");
+        for far in [300_000_000_000_000 + 1_700_000_000_000, u64::MAX] {
+            assert_eq!(super::rfc3339(far), "9999-12-31T23:59:59.999Z");
+        }
     }
 }

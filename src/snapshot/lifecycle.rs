@@ -95,6 +95,8 @@ pub enum Reason {
     ThawedEarly,
     /// Error: the host reported that the storage snapshot failed.
     StorageSnapshotFailed,
+    /// Error: the snapshot's task failed (a bug); the watchdog thawed what was frozen.
+    InternalError,
     /// Warning: a post hook failed.
     PostHookFailed,
     /// Warning: `freeze.enabled: false`.
@@ -110,13 +112,14 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason an agent reports, errors first.
-    pub const ALL: [Reason; 10] = [
+    pub const ALL: [Reason; 11] = [
         Reason::PreHookFailed,
         Reason::MountNotFrozen,
         Reason::FreezeFailed,
         Reason::Deadline,
         Reason::ThawedEarly,
         Reason::StorageSnapshotFailed,
+        Reason::InternalError,
         Reason::PostHookFailed,
         Reason::FreezeDisabled,
         Reason::NoTargetMounts,
@@ -132,6 +135,7 @@ impl Reason {
             Reason::Deadline => "deadline",
             Reason::ThawedEarly => "thawed_early",
             Reason::StorageSnapshotFailed => "storage_snapshot_failed",
+            Reason::InternalError => "internal_error",
             Reason::PostHookFailed => "post_hook_failed",
             Reason::FreezeDisabled => "freeze_disabled",
             Reason::NoTargetMounts => "no_target_mounts",
@@ -150,6 +154,7 @@ impl Reason {
                 | Reason::Deadline
                 | Reason::ThawedEarly
                 | Reason::StorageSnapshotFailed
+                | Reason::InternalError
         )
     }
 }
