@@ -11,7 +11,8 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::duration::{unix_ms, unix_ms_now};
 
 use crate::lifecycle::{Consistency, State};
 use crate::snapshot::model::Snapshot;
@@ -92,7 +93,7 @@ impl Metrics {
     /// Fresh metrics; the process start time is taken now.
     pub fn new() -> Metrics {
         Metrics {
-            start_ms: unix_ms(SystemTime::now()),
+            start_ms: unix_ms_now(),
             active: AtomicBool::new(false),
             frozen: AtomicBool::new(false),
             recorded: Mutex::new(Recorded::default()),
@@ -110,7 +111,7 @@ impl Metrics {
             s.finished_at
                 .as_deref()
                 .and_then(|t| humantime::parse_rfc3339(t).ok())
-                .map_or_else(|| unix_ms(SystemTime::now()), unix_ms)
+                .map_or_else(unix_ms_now, unix_ms)
         });
         let consistency = match s.consistency {
             Some(Consistency::Application) => 0,
@@ -313,10 +314,6 @@ impl Metrics {
     }
 }
 
-fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
 
 fn ms_to_s(ms: u64) -> f64 {
     ms as f64 / 1000.0
@@ -676,7 +673,7 @@ mod tests {
             0.0
         );
         let start = value(&lines, "quiesce_start_time_seconds", &[]);
-        let now = unix_ms(SystemTime::now()) as f64 / 1000.0;
+        let now = unix_ms_now() as f64 / 1000.0;
         assert!(start > 1.6e9 && start <= now, "{start}");
         let version = [("version", env!("CARGO_PKG_VERSION"))];
         assert_eq!(value(&lines, "quiesce_build_info", &version), 1.0);
@@ -879,13 +876,13 @@ mod tests {
     #[test]
     fn a_success_without_a_readable_finished_at_takes_now() {
         let m = Metrics::new();
-        let before = unix_ms(SystemTime::now()) as f64 / 1000.0;
+        let before = unix_ms_now() as f64 / 1000.0;
         let mut s = snapshot(State::Succeeded, Some(Consistency::FileSystem));
         s.finished_at = Some("not a time".into());
         m.snapshot_ended(&s);
         let lines = check(&m.render());
         let t = value(&lines, "quiesce_last_success_timestamp_seconds", &[]);
-        let after = unix_ms(SystemTime::now()) as f64 / 1000.0;
+        let after = unix_ms_now() as f64 / 1000.0;
         assert!(before <= t && t <= after, "{before} <= {t} <= {after}");
     }
 

@@ -1,4 +1,5 @@
-//! FIFREEZE and FITHAW: the crate's only unsafe code.
+//! FIFREEZE and FITHAW: one of the crate's two places with unsafe code (the other is
+//! `crate::heap`, the daemon's malloc tuning).
 //!
 //! Both ioctls take an int argument that the kernel ignores; the request numbers are
 //! `_IOWR('X', 119, int)` and `_IOWR('X', 120, int)` (linux/fs.h).

@@ -1,13 +1,13 @@
 //! HMAC authentication of requests (contract: Authentication), on top of [`crate::auth`].
 
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use axum::http::HeaderMap;
 
 use crate::auth::{self, Key, Verifier};
-use crate::config::{AuthMode, Config};
+use crate::config::Config;
 
 use super::Authenticate;
 
@@ -59,12 +59,4 @@ pub fn read_key(config: &Config) -> anyhow::Result<Key> {
     let path = &config.auth.key_file;
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     Key::from_file_contents(bytes).with_context(|| format!("key file {}", path.display()))
-}
-
-/// The authenticator the config asks for: `None` for `auth.mode: none`.
-pub fn from_config(config: &Config) -> anyhow::Result<Option<Arc<dyn Authenticate>>> {
-    match config.auth.mode {
-        AuthMode::None => Ok(None),
-        AuthMode::Hmac => Ok(Some(Arc::new(Hmac::new(read_key(config)?)))),
-    }
 }
