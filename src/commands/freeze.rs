@@ -13,7 +13,7 @@ use serde::Serialize;
 use tokio::io::AsyncBufReadExt;
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::cli::FreezeArgs;
+use super::args::FreezeArgs;
 use crate::freezer::protocol::{escaped_path, ThawReason};
 use crate::freezer::records::{self, AgentLock, Recovery};
 use crate::freezer::select::SkipReason;
