@@ -314,7 +314,6 @@ impl Metrics {
     }
 }
 
-
 fn ms_to_s(ms: u64) -> f64 {
     ms as f64 / 1000.0
 }
