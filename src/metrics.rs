@@ -9,7 +9,7 @@
 #![forbid(unsafe_code)]
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use crate::duration::{unix_ms, unix_ms_now};
@@ -80,6 +80,8 @@ pub struct Metrics {
     start_ms: u64,
     active: AtomicBool,
     frozen: AtomicBool,
+    /// Requests answered 401 (`quiesce_auth_failures_total`).
+    auth_failures: AtomicU64,
     recorded: Mutex<Recorded>,
 }
 
@@ -96,6 +98,7 @@ impl Metrics {
             start_ms: unix_ms_now(),
             active: AtomicBool::new(false),
             frozen: AtomicBool::new(false),
+            auth_failures: AtomicU64::new(0),
             recorded: Mutex::new(Recorded::default()),
         }
     }
@@ -149,6 +152,12 @@ impl Metrics {
     /// Whether a snapshot is under way (`quiesce_snapshot_active`).
     pub fn set_active(&self, active: bool) {
         self.active.store(active, Ordering::Relaxed);
+    }
+
+    /// Counts a request answered 401 (`quiesce_auth_failures_total`): a missing or wrong
+    /// signature, a stale timestamp or a replayed nonce.
+    pub fn auth_refused(&self) {
+        self.auth_failures.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Whether mounts are frozen by us right now (`quiesce_frozen`).
@@ -304,6 +313,19 @@ impl Metrics {
             "quiesce_last_success_timestamp_seconds",
             &[],
             r.last_success_ms.map_or(0.0, ms_to_s),
+        );
+
+        header(
+            &mut out,
+            "quiesce_auth_failures_total",
+            "counter",
+            "Requests refused with 401: missing or wrong signature, stale timestamp, replay.",
+        );
+        sample(
+            &mut out,
+            "quiesce_auth_failures_total",
+            &[],
+            self.auth_failures.load(Ordering::Relaxed) as f64,
         );
         out
     }
@@ -671,6 +693,11 @@ mod tests {
             value(&lines, "quiesce_last_success_timestamp_seconds", &[]),
             0.0
         );
+        assert_eq!(value(&lines, "quiesce_auth_failures_total", &[]), 0.0);
+        m.auth_refused();
+        m.auth_refused();
+        let lines = check(&m.render());
+        assert_eq!(value(&lines, "quiesce_auth_failures_total", &[]), 2.0);
         let start = value(&lines, "quiesce_start_time_seconds", &[]);
         let now = unix_ms_now() as f64 / 1000.0;
         assert!(start > 1.6e9 && start <= now, "{start}");

@@ -88,7 +88,9 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<i32> {
         exe: PathBuf::from("/proc/self/exe"),
         callback_key,
     });
-    let router = http::router(agent.clone(), auth.clone());
+    let router = http::router(agent.clone(), auth.clone()).layer(
+        axum::middleware::from_fn_with_state(agent.clone(), count_refusals),
+    );
     tracing::info!("listening on {local}");
     notify::ready(&status_now(&agent, &local));
 
@@ -158,6 +160,20 @@ fn signal_name(sig: i32) -> &'static str {
         SIGHUP => "SIGHUP",
         _ => "signal",
     }
+}
+
+/// Counts the API's 401 answers into the metrics (`quiesce_auth_failures_total`), around the
+/// router: whichever check refused the request, the answer is what a host saw.
+async fn count_refusals(
+    axum::extract::State(agent): axum::extract::State<Arc<Agent>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let response = next.run(req).await;
+    if response.status() == axum::http::StatusCode::UNAUTHORIZED {
+        agent.metrics().auth_refused();
+    }
+    response
 }
 
 /// The request authenticator (`None`: requests are not authenticated) and the callback
