@@ -428,7 +428,7 @@ fi
 
 echo "== kill -9 of the daemon while /data is frozen"
 if hold_frozen kill 20s; then
-  "$quiesce" status --agent "$agent" --key-file "$work/host.key" > "$work/kill-status.json" 2>/dev/null || true
+  "$quiesce" status --json --agent "$agent" --key-file "$work/host.key" > "$work/kill-status.json" 2>/dev/null || true
   deadline=$(jq -r '[.snapshots[] | select(.state == "frozen")][0].freeze_deadline // empty' "$work/kill-status.json" 2>/dev/null)
   restarts0=$(unit_prop NRestarts)
   pid0=$(unit_prop MainPID)
