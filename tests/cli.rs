@@ -596,6 +596,45 @@ freeze:
     assert!(out.stderr.contains("cannot bind"), "{out:#?}");
 }
 
+/// The generated man pages and completions (scripts/package.sh ships them) carry the status
+/// flags and the daemon's exit codes.
+#[test]
+fn man_pages_and_completions_carry_the_status_flags_and_the_exit_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let st = Command::new(env!("CARGO_BIN_EXE_quiesce-gen-docs"))
+        .arg(dir.path())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let read = |p: &str| fs::read_to_string(dir.path().join(p)).unwrap();
+    let status = read("man/quiesce-status.8");
+    for flag in ["\\-\\-json", "\\-\\-watch", "\\-\\-interval"] {
+        assert!(
+            status.contains(flag),
+            "{flag} in quiesce-status.8:\n{status}"
+        );
+    }
+    let daemon = read("man/quiesce-daemon.8");
+    assert!(
+        daemon.contains("78  a configuration error (EX_CONFIG)")
+            && daemon.contains("1   a runtime failure"),
+        "{daemon}"
+    );
+    for file in [
+        "completions/quiesce.bash",
+        "completions/_quiesce",
+        "completions/quiesce.fish",
+    ] {
+        let text = read(file);
+        assert!(
+            ["json", "watch", "interval"]
+                .iter()
+                .all(|f| text.contains(f)),
+            "{file}"
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Callbacks (agent -> host), through the raw API
 // ---------------------------------------------------------------------------
