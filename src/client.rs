@@ -13,6 +13,7 @@ use reqwest::{Method, Url};
 use serde_json::{json, Value};
 
 use crate::auth::{self, Key};
+use crate::snapshot::model::Received;
 
 /// How long establishing a TCP connection may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -69,6 +70,19 @@ impl Reply {
     /// A 2xx status.
     pub fn is_success(&self) -> bool {
         (200..300).contains(&self.status)
+    }
+
+    /// The body as a Snapshot (the answer of the snapshot endpoints; a 409 carries one too).
+    pub fn snapshot(&self) -> Result<Received, String> {
+        Received::from_value(&self.body)
+    }
+
+    /// The Snapshots of a `GET /v1/snapshots` answer, newest first.
+    pub fn snapshots(&self) -> Result<Vec<Received>, String> {
+        match self.body.get("snapshots") {
+            Some(Value::Array(list)) => list.iter().map(Received::from_value).collect(),
+            _ => Err(format!("no list of snapshots in {}", self.body)),
+        }
     }
 
     /// The agent's `error` message, else the body as text, with the status: for error messages.
@@ -144,6 +158,13 @@ impl AgentClient {
     /// `GET /v1/health` (never signed: the agent does not check it).
     pub async fn health(&self) -> Result<Reply, ClientError> {
         let url = self.url(&["v1", "health"]);
+        self.send(Method::GET, url, None, REQUEST_TIMEOUT, false)
+            .await
+    }
+
+    /// `GET /metrics` (never signed): the Prometheus text, as a string body.
+    pub async fn metrics(&self) -> Result<Reply, ClientError> {
+        let url = self.url(&["metrics"]);
         self.send(Method::GET, url, None, REQUEST_TIMEOUT, false)
             .await
     }

@@ -39,10 +39,7 @@ fn main() -> ExitCode {
             rt.shutdown_background();
             match result {
                 Ok(code) => code,
-                Err(e) => {
-                    eprintln!("quiesce daemon: {e:#}");
-                    1
-                }
+                Err(e) => daemon_error(&e),
             }
         }
         Cmd::Snapshot(args) => client_command("snapshot", commands::snapshot::run(args)),
@@ -65,6 +62,16 @@ fn main() -> ExitCode {
         }
     };
     ExitCode::from(code as u8)
+}
+
+/// The daemon's exit code for an error, from its kind: a configuration error (already logged
+/// line by line) exits 78, anything else is a runtime failure, printed, exit 1.
+fn daemon_error(e: &anyhow::Error) -> i32 {
+    if e.chain().any(|c| c.is::<commands::daemon::ConfigRefused>()) {
+        return commands::daemon::EX_CONFIG;
+    }
+    eprintln!("quiesce daemon: {e:#}");
+    1
 }
 
 /// Runs a host-side command (an HTTP client of the agents) on a single-threaded runtime; its

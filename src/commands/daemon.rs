@@ -25,10 +25,24 @@ use crate::logging::ids;
 use crate::snapshot::Context;
 use crate::systemd::notify;
 
-/// A bad configuration: the daemon refuses to start (exit 1), like `check-config`.
+/// A bad configuration: the daemon refuses to start. `main` finds it in the error's chain and
+/// exits [`EX_CONFIG`] (a runtime failure exits 1), so that the unit does not restart on it.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct ConfigRefused(pub String);
+
+/// The exit code of a configuration error (sysexits.h `EX_CONFIG`).
+pub const EX_CONFIG: i32 = 78;
+
+/// Logs a configuration error line by line (journald gets each at error priority) and makes it
+/// the daemon's error: `main` exits [`EX_CONFIG`] without printing it again.
+fn refused(e: ConfigRefused) -> anyhow::Error {
+    for line in e.0.lines() {
+        tracing::error!("{line}");
+    }
+    tracing::error!("refusing to start with an invalid configuration");
+    e.into()
+}
 
 /// Loads and fully validates the configuration, key file included.
 pub fn load(path: &Path) -> Result<Config, ConfigRefused> {
@@ -38,22 +52,14 @@ pub fn load(path: &Path) -> Result<Config, ConfigRefused> {
 /// On top of the post hooks' own timeouts, the time a stop may take (thaw, reports, exit).
 const STOP_SLACK: Duration = Duration::from_secs(15);
 
-/// Runs the daemon until SIGTERM/SIGINT; returns the exit code.
+/// Runs the daemon until SIGTERM/SIGINT; returns the exit code. A configuration error is a
+/// [`ConfigRefused`] in the error's chain (already logged).
 pub async fn run(config_path: PathBuf) -> anyhow::Result<i32> {
     // Before anything else: from here on SIGTERM, SIGINT and SIGHUP are queued, never fatal.
     let mut signals =
         Signals::new([SIGTERM, SIGINT, SIGHUP]).context("installing the signal handlers")?;
     started_unix();
-    let config = match load(&config_path) {
-        Ok(c) => c,
-        Err(e) => {
-            for line in e.0.lines() {
-                tracing::error!("{line}");
-            }
-            tracing::error!("refusing to start with an invalid configuration");
-            return Ok(1);
-        }
-    };
+    let config = load(&config_path).map_err(refused)?;
     let _lock = AgentLock::acquire(&config.state_dir)
         .with_context(|| format!("locking state_dir {}", config.state_dir.display()))?;
     // A previous run that was killed may have left mounts frozen: thaw them first.
@@ -61,7 +67,10 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<i32> {
     for outcome in recovery::thaw_recorded(&config.state_dir)? {
         tracing::warn!(?outcome, "recovered a mount recorded by a previous run");
     }
-    let listener: http::Listener = match config.listen_address().map_err(anyhow::Error::msg)? {
+    let listen = config
+        .listen_address()
+        .map_err(|e| refused(ConfigRefused(format!("listen: {e}"))))?;
+    let listener: http::Listener = match listen {
         Listen::Tcp(addr) => tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("listen: cannot bind {addr}"))?
@@ -71,14 +80,19 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<i32> {
         Listen::Unix(path) => http::unix::bind(&path)?,
     };
     let local = listener.local()?;
-    let (auth, callback_key) = credentials(&config)?;
+    // The key file passed the config's checks a moment ago; one that changed since is still
+    // the operator's configuration to fix.
+    let (auth, callback_key) =
+        credentials(&config).map_err(|e| refused(ConfigRefused(format!("{e:#}"))))?;
     let auth = AuthSlot::new(auth);
     let agent = Agent::new(Context {
         config: Arc::new(config),
         exe: PathBuf::from("/proc/self/exe"),
         callback_key,
     });
-    let router = http::router(agent.clone(), auth.clone());
+    let router = http::router(agent.clone(), auth.clone()).layer(
+        axum::middleware::from_fn_with_state(agent.clone(), count_refusals),
+    );
     tracing::info!("listening on {local}");
     notify::ready(&status_now(&agent, &local));
 
@@ -148,6 +162,20 @@ fn signal_name(sig: i32) -> &'static str {
         SIGHUP => "SIGHUP",
         _ => "signal",
     }
+}
+
+/// Counts the API's 401 answers into the metrics (`quiesce_auth_failures_total`), around the
+/// router: whichever check refused the request, the answer is what a host saw.
+async fn count_refusals(
+    axum::extract::State(agent): axum::extract::State<Arc<Agent>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let response = next.run(req).await;
+    if response.status() == axum::http::StatusCode::UNAUTHORIZED {
+        agent.metrics().auth_refused();
+    }
+    response
 }
 
 /// The request authenticator (`None`: requests are not authenticated) and the callback

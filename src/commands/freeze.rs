@@ -16,7 +16,7 @@ use tokio::io::AsyncBufReadExt;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::cli::FreezeArgs;
+use super::args::FreezeArgs;
 use crate::freezer::protocol::escaped_path;
 use crate::freezer::recovery::{self, AgentLock, Recovery};
 use crate::freezer::select::SkipReason;

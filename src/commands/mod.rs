@@ -1,5 +1,6 @@
 //! The entry points of the subcommands.
 
+pub mod args;
 pub mod check_config;
 pub mod daemon;
 pub mod freeze;

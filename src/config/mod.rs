@@ -20,8 +20,9 @@
 //!   the variables quiesce sets); a hook needs `pre`, `post` or both, each a non-empty list.
 //! - Hook commands are checked as `files` describes: symlinks are followed and every
 //!   directory on the way, before and after a link, must be trustworthy.
-//! - The key file is checked by [`Config::check_key_file`], not by [`Config::load`]: the local
-//!   commands (`freeze`, `thaw-all`) do not need the key.
+//! - The key file is checked only when [`LoadOptions::check_key_file`] asks for it (the daemon,
+//!   check-config), not by [`Config::load`]: the local commands (`freeze`, `thaw-all`) do not
+//!   need the key.
 //!
 //! [`Config::parse`] reads one text without touching any file (no drop-ins, no hook command
 //! checks): the fuzz target and tests use it.
@@ -309,7 +310,8 @@ impl fmt::Display for Listen {
 pub struct LoadOptions {
     /// A missing main file means the defaults (the drop-ins are still read); else an error.
     pub missing_main_is_default: bool,
-    /// Also check the key file ([`Config::check_key_file`]), so that all errors come together.
+    /// Also check the key file (it exists, is a regular file of at least 32 bytes, owned by
+    /// root, with no permission for group or others), so that all errors come together.
     pub check_key_file: bool,
 }
 
@@ -375,17 +377,6 @@ impl Config {
             Ok(config)
         } else {
             sort(&mut errors, &[file.to_path_buf()]);
-            Err(ConfigErrors(errors))
-        }
-    }
-
-    /// Checks the HMAC key file when `auth.mode` is hmac: it exists, is a regular file of at
-    /// least 32 bytes, owned by root, with no permission for group or others.
-    pub fn check_key_file(&self) -> Result<(), ConfigErrors> {
-        let errors = validate::key_file(self, &files::Real);
-        if errors.is_empty() {
-            Ok(())
-        } else {
             Err(ConfigErrors(errors))
         }
     }
