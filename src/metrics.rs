@@ -984,6 +984,7 @@ mod tests {
                 "quiesce_hook_failures_total",
                 "quiesce_mount_freeze_failures_total",
                 "quiesce_last_success_timestamp_seconds",
+                "quiesce_auth_failures_total",
             ]
         );
     }
