@@ -325,7 +325,8 @@ fn an_invalid_config_refuses_to_start() {
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    // 78 (EX_CONFIG): a configuration error, on which the unit does not restart (was 1).
+    assert_eq!(out.status.code(), Some(78), "{err}");
     assert!(err.contains("config.yaml:3:"), "{err}");
     // auth none on a public address is refused too.
     fs::write(&config, "listen: 0.0.0.0:0\nauth: {mode: none}\n").unwrap();
@@ -336,7 +337,7 @@ fn an_invalid_config_refuses_to_start() {
         .unwrap();
     assert_eq!(
         out.status.code(),
-        Some(1),
+        Some(78),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
