@@ -530,6 +530,14 @@ fn hostile_clients_cannot_delay_a_signed_thaw() {
     let key = config_key(&s.config).unwrap();
     let id = frozen_snapshot(&d, r#"{"freeze_timeout_ms":60000}"#);
     let stop = Arc::new(AtomicBool::new(false));
+    // The hostile threads stop when the test ends, even by a failed assertion.
+    struct StopOnDrop(Arc<AtomicBool>);
+    impl Drop for StopOnDrop {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+    let _stop_guard = StopOnDrop(stop.clone());
     let mut threads = Vec::new();
     let now = || {
         std::time::SystemTime::now()
