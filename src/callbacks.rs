@@ -34,7 +34,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use crate::auth::Key;
-use crate::client::{describe_error, signed_headers};
+use crate::outbound::{describe_error, signed_headers};
 
 /// Longest one attempt may take, connection included.
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);

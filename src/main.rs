@@ -42,8 +42,8 @@ fn main() -> ExitCode {
                 Err(e) => daemon_error(&e),
             }
         }
-        Cmd::Snapshot(args) => client_command("snapshot", commands::snapshot::run(args)),
-        Cmd::Status(args) => client_command("status", commands::status::run(args)),
+        Cmd::Snapshot(args) => client_command("snapshot", quiesce::host::orchestrator::run(args)),
+        Cmd::Status(args) => client_command("status", quiesce::host::status::run(args)),
         Cmd::Freeze(args) => {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

@@ -4,8 +4,6 @@ pub mod args;
 pub mod check_config;
 pub mod daemon;
 pub mod freeze;
-pub mod snapshot;
-pub mod status;
 pub mod thaw_all;
 
 use std::path::Path;

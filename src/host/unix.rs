@@ -1,6 +1,6 @@
 //! The transport of `--agent unix:PATH`: one HTTP/1.1 request per connection to the agent's
 //! unix socket listener (reqwest has no unix sockets). Only the bytes on the wire live here;
-//! [`crate::client`] builds the requests and reads the answers as for TCP.
+//! [`crate::host::client`] builds the requests and reads the answers as for TCP.
 
 use std::path::Path;
 use std::time::Duration;
@@ -17,7 +17,7 @@ pub async fn send(
     max: usize,
 ) -> Result<(u16, Vec<u8>), (String, bool)> {
     let stream = match tokio::time::timeout(
-        crate::client::CONNECT_TIMEOUT,
+        crate::outbound::CONNECT_TIMEOUT,
         tokio::net::UnixStream::connect(path),
     )
     .await

@@ -7,16 +7,17 @@
 //! whatever their status; only transport failures are errors, and they name the method, the URL
 //! and what failed.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use reqwest::{Method, Url};
 use serde_json::{json, Value};
 
 use crate::auth::{self, Key};
+use crate::outbound::{
+    describe_error, error_chain, path_and_query, signed_headers, CONNECT_TIMEOUT,
+};
 use crate::snapshot::model::Received;
 
-/// How long establishing a TCP connection may take.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Whole-request limit of the short requests (thaw and abort answer once everything is thawed).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// Added to a long poll's `timeout_ms` for the client's own limit, so that the agent's answer
@@ -290,7 +291,7 @@ impl AgentClient {
 }
 
 impl AgentClient {
-    /// The same request over the agent's unix socket ([`crate::client_unix`]).
+    /// The same request over the agent's unix socket ([`crate::host::unix`]).
     async fn send_unix(
         &self,
         path: &std::path::Path,
@@ -321,7 +322,7 @@ impl AgentClient {
                 url: shown.clone(),
                 reason: e.to_string(),
             })?;
-        crate::client_unix::send(path, request, limit, MAX_REPLY_BYTES)
+        crate::host::unix::send(path, request, limit, MAX_REPLY_BYTES)
             .await
             .map_err(|(what, connect)| ClientError::Transport {
                 method: method.clone(),
@@ -391,69 +392,6 @@ fn http_client() -> Result<reqwest::Client, ClientError> {
         .user_agent(concat!("quiesce/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|e| ClientError::Setup(error_chain(&e)))
-}
-
-/// The origin form of `url` as sent on the request line: the path, and `?query` if any.
-pub fn path_and_query(url: &Url) -> String {
-    match url.query() {
-        Some(q) => format!("{}?{q}", url.path()),
-        None => url.path().to_string(),
-    }
-}
-
-/// The contract's three headers for a request to `url` with `body`, signed now with a new nonce.
-pub fn signed_headers(
-    key: &Key,
-    method: &str,
-    url: &Url,
-    body: &[u8],
-) -> std::io::Result<auth::SignedHeaders> {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    Ok(auth::sign_request(
-        key,
-        method,
-        &path_and_query(url),
-        body,
-        now,
-        auth::new_nonce()?,
-    ))
-}
-
-/// What failed, in words an operator can act on, with the underlying causes.
-pub fn describe_error(e: &reqwest::Error, limit: Duration) -> String {
-    let what = if e.is_connect() {
-        "cannot connect"
-    } else if e.is_timeout() {
-        return format!(
-            "no answer within {} ({})",
-            crate::duration::format(limit),
-            error_chain(e)
-        );
-    } else if e.is_body() || e.is_decode() {
-        "the answer broke off"
-    } else {
-        "the request failed"
-    };
-    format!("{what}: {}", error_chain(e))
-}
-
-/// The error and its sources, deduplicated (reqwest repeats the URL in its own message).
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut next = e.source();
-    while let Some(cause) = next {
-        let text = cause.to_string();
-        if !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        next = cause.source();
-    }
-    if parts.is_empty() {
-        parts.push(e.to_string());
-    }
-    parts.join(": ")
 }
 
 #[cfg(test)]

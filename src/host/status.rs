@@ -18,14 +18,14 @@ use std::io::{IsTerminal, Write as _};
 
 use serde_json::{json, Value};
 
-use super::args::StatusArgs;
-use crate::client::{AgentClient, Reply};
+use crate::commands::args::StatusArgs;
+use crate::host::client::{AgentClient, Reply};
 use crate::snapshot::lifecycle::{Consistency, State};
 use crate::snapshot::model::Received;
 
 /// Runs the command; returns the exit code.
 pub async fn run(args: StatusArgs) -> anyhow::Result<i32> {
-    let key = super::snapshot::read_key(args.key_file.as_deref())?;
+    let key = super::orchestrator::read_key(args.key_file.as_deref())?;
     let keyed = key.is_some();
     let client = AgentClient::new(&args.agent, key)?;
     if args.json {
@@ -75,7 +75,7 @@ fn refused(agent: &str, list: &Reply, keyed: bool) -> String {
     format!(
         "{agent}: the list of snapshots was refused: {}{}",
         list.describe(),
-        super::snapshot::hint(list.status, &list.body, keyed)
+        super::orchestrator::hint(list.status, &list.body, keyed)
     )
 }
 

@@ -41,9 +41,9 @@ use serde_json::{json, Map, Value};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
-use super::args::SnapshotArgs;
 use crate::auth::Key;
-use crate::client::AgentClient;
+use crate::commands::args::SnapshotArgs;
+use crate::host::client::AgentClient;
 use crate::snapshot::lifecycle::{State, ThawReason};
 use crate::snapshot::model::Received;
 
