@@ -474,10 +474,9 @@ fn failed_by_panic(mut snap: Snapshot, e: &tokio::task::JoinError) -> Snapshot {
         m.frozen = false;
     }
     if snap.finished_at.is_none() {
-        let ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        snap.finished_at = Some(crate::freezer::session::rfc3339(ms));
+        snap.finished_at = Some(crate::freezer::session::rfc3339(
+            crate::duration::unix_ms_now(),
+        ));
     }
     snap.errors.push(crate::snapshot::lifecycle::Problem {
         reason: crate::snapshot::lifecycle::Reason::InternalError,

@@ -55,5 +55,5 @@ pub enum Cmd {
     Watchdog,
     /// Internal: runs one hook command and stops its whole process tree (started by quiesce).
     #[command(hide = true)]
-    HookExec(crate::hooks::exec::HookExecArgs),
+    HookExec(crate::commands::args::HookExecArgs),
 }

@@ -15,8 +15,8 @@ fn main() -> ExitCode {
         return ExitCode::from(quiesce::freezer::watchdog::main() as u8);
     }
     // The hook helper too: single-threaded, so its signal mask and waitpid(-1) cover everything.
-    if let Cmd::HookExec(args) = &cli.command {
-        return ExitCode::from(quiesce::hooks::exec::main(args) as u8);
+    if let Cmd::HookExec(args) = cli.command {
+        return ExitCode::from(quiesce::hooks::exec::main(&args.into()) as u8);
     }
     if let Cmd::Daemon(_) = cli.command {
         // Before the first thread: one malloc arena for all of them.

@@ -582,18 +582,22 @@ no_such_key: 1
 
     // A valid configuration whose port is taken: a runtime failure.
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let key = dir.path().join("host.key");
+    fs::write(&key, KEY).unwrap();
+    fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).unwrap();
     let good = dir.path().join("good.yaml");
     fs::write(
         &good,
         format!(
             "listen: {}
 state_dir: {:?}
-auth: {{mode: none}}
+auth: {{mode: hmac, key_file: {:?}}}
 freeze:
   include_mounts: [{:?}]
 ",
             taken.local_addr().unwrap(),
             dir.path().join("state"),
+            key,
             dir.path().join("nothing-mounted-here")
         ),
     )
@@ -812,7 +816,8 @@ fn callbacks_reach_a_local_receiver() {
 #[test]
 fn a_callback_receiver_that_never_answers_delays_neither_thaw_nor_deadline() {
     require_root();
-    let a = Agent::start(false);
+    // Signed, on loopback TCP: the callback goes to the requesting peer's own address.
+    let a = Agent::start(true);
     let rx = Receiver::start(false);
     let body = |timeout_ms: u64| {
         json!({
@@ -823,13 +828,13 @@ fn a_callback_receiver_that_never_answers_delays_neither_thaw_nor_deadline() {
     };
 
     // The host's thaw is answered at once.
-    let (_, snap) = a.call("POST", "/v1/snapshots", &body(10_000), false);
+    let (_, snap) = a.call("POST", "/v1/snapshots", &body(10_000), true);
     let id = snap["id"].as_str().unwrap().to_string();
     let (_, frozen) = a.call(
         "GET",
         &format!("/v1/snapshots/{id}?wait=frozen&timeout_ms=10000"),
         "",
-        false,
+        true,
     );
     assert_eq!(frozen["state"], "frozen", "{frozen}");
     let t = Instant::now();
@@ -837,7 +842,7 @@ fn a_callback_receiver_that_never_answers_delays_neither_thaw_nor_deadline() {
         "POST",
         &format!("/v1/snapshots/{id}/thaw"),
         r#"{"storage_snapshot":"taken"}"#,
-        false,
+        true,
     );
     assert_eq!(code, 200, "{thawed}");
     assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
@@ -845,19 +850,19 @@ fn a_callback_receiver_that_never_answers_delays_neither_thaw_nor_deadline() {
         "GET",
         &format!("/v1/snapshots/{id}?wait=done&timeout_ms=10000"),
         "",
-        false,
+        true,
     );
     assert_eq!(done["state"], "succeeded", "{done}");
 
     // No thaw: the deadline thaws on time all the same.
-    let (code, snap) = a.call("POST", "/v1/snapshots", &body(1_000), false);
+    let (code, snap) = a.call("POST", "/v1/snapshots", &body(1_000), true);
     assert_eq!(code, 202, "{snap}");
     let id = snap["id"].as_str().unwrap().to_string();
     let (_, done) = a.call(
         "GET",
         &format!("/v1/snapshots/{id}?wait=done&timeout_ms=10000"),
         "",
-        false,
+        true,
     );
     assert_eq!(
         (&done["state"], &done["thaw_reason"]),

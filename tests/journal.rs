@@ -361,10 +361,8 @@ fn journal_records_carry_the_snapshot_hook_mount_and_message_id_fields() {
         assert!(e.get("CODE_LINE").unwrap().parse::<u32>().is_ok(), "{e:?}");
     }
     assert!(
-        all.iter().any(|e| e
-            .get("MESSAGE")
-            .unwrap()
-            .starts_with("listening on 127.0.0.1")),
+        all.iter()
+            .any(|e| e.get("MESSAGE").unwrap().starts_with("listening on ")),
         "{}",
         show(&all)
     );

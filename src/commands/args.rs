@@ -2,6 +2,7 @@
 //! into the command line and each `commands::*::run` takes its own; nothing here depends on
 //! either, so the imports point one way: cli → commands::args ← commands.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -108,4 +109,38 @@ fn parse_interval(s: &str) -> Result<Duration, String> {
         return Err(format!("interval {s:?} is too short (at least 100ms)"));
     }
     Ok(d)
+}
+
+/// Arguments of the hidden `quiesce hook-exec` subcommand (started by the hook runner).
+#[derive(Debug, Args)]
+pub struct HookExecArgs {
+    /// Stop the hook's process tree this many milliseconds after it started.
+    #[arg(long, value_name = "MS")]
+    pub timeout_ms: u64,
+    /// Time between SIGTERM and SIGKILL when the tree is stopped.
+    #[arg(long, value_name = "MS", default_value_t = 2000)]
+    pub grace_ms: u64,
+    /// Treat end-of-file on stdin as a cancellation (the runner holds the pipe's other end).
+    #[arg(long)]
+    pub cancel_on_eof: bool,
+    /// Start the hook only once a `g` byte arrives on stdin (the runner first moves this process
+    /// into the hook's scope unit); end-of-file or a cancelling signal before it means the hook
+    /// never starts.
+    #[arg(long)]
+    pub wait_go: bool,
+    /// The hook's executable and its arguments.
+    #[arg(last = true, required = true, value_name = "ARGV")]
+    pub argv: Vec<OsString>,
+}
+
+impl From<HookExecArgs> for crate::hooks::exec::ExecOptions {
+    fn from(a: HookExecArgs) -> Self {
+        crate::hooks::exec::ExecOptions {
+            timeout_ms: a.timeout_ms,
+            grace_ms: a.grace_ms,
+            cancel_on_eof: a.cancel_on_eof,
+            wait_go: a.wait_go,
+            argv: a.argv,
+        }
+    }
 }

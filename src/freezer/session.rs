@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -180,13 +180,6 @@ pub struct FreezeSession {
     log_hold: Option<FrozenHold>,
 }
 
-fn unix_ms_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 impl FreezeSession {
     /// Starts the watchdog (`exe watchdog`), hands it the plan and waits until it is ready.
     pub async fn start(plan: &Plan, exe: &Path) -> Result<FreezeSession, SessionError> {
@@ -310,7 +303,7 @@ impl FreezeSession {
             }
         }
         self.thaw_reason = Some(ThawReason::Error);
-        self.times.thawed_ms = Some(unix_ms_now());
+        self.times.thawed_ms = Some(crate::duration::unix_ms_now());
         self.log_hold = None;
         tracing::error!(
             phase = "thaw",

@@ -26,6 +26,8 @@ pub mod decode;
 pub mod hmac;
 pub mod pool;
 pub mod refusals;
+#[cfg(test)]
+mod tests;
 pub mod unix;
 pub mod vsock;
 
