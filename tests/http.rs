@@ -313,34 +313,32 @@ fn sigkill_while_frozen_is_thawed_by_the_watchdog_and_the_next_start_is_clean() 
     assert_eq!(d2.call("GET", "/v1/health", None).0, 200);
 }
 
+/// Runs `quiesce daemon` on a config of `text`; its exit code and stderr.
+fn daemon_with_config(text: &str) -> (Option<i32>, String) {
+    let dir = scratch_dir();
+    let config = dir.path().join("config.yaml");
+    fs::write(&config, text).unwrap();
+    let out = Command::new(QUIESCE)
+        .args(["daemon", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 #[test]
 fn an_invalid_config_refuses_to_start() {
     require_root();
-    let dir = scratch_dir();
-    let config = dir.path().join("config.yaml");
-    fs::write(&config, "listen: 127.0.0.1:0\nfreeze:\n  timeout: 10\n").unwrap();
-    let out = Command::new(QUIESCE)
-        .args(["daemon", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (code, err) = daemon_with_config("listen: 127.0.0.1:0\nfreeze:\n  timeout: 10\n");
     // 78 (EX_CONFIG): a configuration error, on which the unit does not restart (was 1).
-    assert_eq!(out.status.code(), Some(78), "{err}");
+    assert_eq!(code, Some(78), "{err}");
     assert!(err.contains("config.yaml:3:"), "{err}");
     // auth none on a public address is refused too.
-    fs::write(&config, "listen: 0.0.0.0:0\nauth: {mode: none}\n").unwrap();
-    let out = Command::new(QUIESCE)
-        .args(["daemon", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(78),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (code, err) = daemon_with_config("listen: 0.0.0.0:0\nauth: {mode: none}\n");
+    assert_eq!(code, Some(78), "{err}");
 }
 
 /// A signed request with the given headers (each may be left out or altered).
@@ -842,17 +840,9 @@ fn the_unix_listener_is_roots_alone_and_needs_no_key() {
 #[test]
 fn auth_none_on_tcp_is_refused_even_on_loopback() {
     require_root();
-    let dir = scratch_dir();
-    let config = dir.path().join("config.yaml");
-    fs::write(&config, "listen: 127.0.0.1:7399\nauth: {mode: none}\n").unwrap();
-    let out = Command::new(QUIESCE)
-        .args(["daemon", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (code, err) = daemon_with_config("listen: 127.0.0.1:7399\nauth: {mode: none}\n");
     // A configuration error: EX_CONFIG, so that the unit does not restart on it.
-    assert_eq!(out.status.code(), Some(78), "{err}");
+    assert_eq!(code, Some(78), "{err}");
     assert!(
         err.contains("config.yaml:2:8: auth.mode none is refused"),
         "{err}"

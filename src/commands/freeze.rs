@@ -5,9 +5,7 @@
 //! outcome, then `{"event":"done",...}` after the thaw. Exit 0 only when every target froze and
 //! was thawed before the deadline.
 
-use std::os::fd::AsFd;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::Arc;
 
 use anyhow::{bail, Context as _};
@@ -192,16 +190,7 @@ pub async fn run(args: FreezeArgs) -> anyhow::Result<i32> {
 
     let mut exec_child = match &args.exec {
         Some(cmd) => {
-            let stderr = std::io::stderr().as_fd().try_clone_to_owned()?;
-            Some(
-                tokio::process::Command::new("sh")
-                    .arg("-c")
-                    .arg(cmd)
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::from(stderr))
-                    .spawn()
-                    .with_context(|| format!("running --exec {cmd:?}"))?,
-            )
+            Some(super::spawn_shell(cmd).with_context(|| format!("running --exec {cmd:?}"))?)
         }
         None => None,
     };

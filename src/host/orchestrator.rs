@@ -31,9 +31,7 @@
 
 use std::collections::HashSet;
 use std::future::Future;
-use std::os::fd::AsFd;
 use std::path::Path;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
@@ -446,17 +444,7 @@ async fn wait_one(
 /// Runs CMD with `sh -c`; true when it exited 0. An interrupt kills it (false).
 async fn run_exec(cmd: &str, interrupt: &mut Interrupt) -> bool {
     eprintln!("quiesce snapshot: every agent is frozen: running {cmd:?}");
-    let started = std::io::stderr()
-        .as_fd()
-        .try_clone_to_owned()
-        .and_then(|stderr| {
-            tokio::process::Command::new("sh")
-                .arg("-c")
-                .arg(cmd)
-                .stdin(Stdio::null())
-                .stdout(Stdio::from(stderr))
-                .spawn()
-        });
+    let started = crate::commands::spawn_shell(cmd);
     let mut child = match started {
         Ok(c) => c,
         Err(e) => {

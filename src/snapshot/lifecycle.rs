@@ -768,6 +768,16 @@ mod tests {
                 pending.extend(next);
             }
         }
+        /// An application snapshot with `hooks`, all pre hooks ok, its one mount frozen.
+        fn frozen(hooks: Vec<HookPlan>) -> Run {
+            let mut r = Run::new(setup(Requested::Application, hooks));
+            r.hooks_answer(&|_| true, true);
+            r.send(Event::FreezeSettled {
+                targets: 1,
+                frozen: 1,
+            });
+            r
+        }
         /// The freezer's answer to the last thaw asked for.
         fn thaw_done(&mut self) {
             let reason = self
@@ -989,12 +999,7 @@ mod tests {
 
     #[test]
     fn the_deadline_before_the_host_is_crash_and_failed() {
-        let mut r = Run::new(setup(Requested::Application, three_hooks()));
-        r.hooks_answer(&|_| true, true);
-        r.send(Event::FreezeSettled {
-            targets: 1,
-            frozen: 1,
-        });
+        let mut r = Run::frozen(three_hooks());
         r.send(Event::Thawed {
             reason: T::Deadline,
         });
@@ -1042,12 +1047,7 @@ mod tests {
 
     #[test]
     fn abort_while_frozen_thaws_runs_posts_and_ends_aborted() {
-        let mut r = Run::new(setup(Requested::Application, three_hooks()));
-        r.hooks_answer(&|_| true, true);
-        r.send(Event::FreezeSettled {
-            targets: 1,
-            frozen: 1,
-        });
+        let mut r = Run::frozen(three_hooks());
         assert_eq!(r.send(Event::Abort), [Action::Thaw { reason: T::Abort }]);
         assert_eq!(r.lc.state(), S::Thawing);
         // DELETE again, or the host's thaw, while thawing: refused.
@@ -1096,12 +1096,7 @@ mod tests {
 
     #[test]
     fn abort_is_refused_once_the_host_thaw_arrived() {
-        let mut r = Run::new(setup(Requested::Application, three_hooks()));
-        r.hooks_answer(&|_| true, true);
-        r.send(Event::FreezeSettled {
-            targets: 1,
-            frozen: 1,
-        });
+        let mut r = Run::frozen(three_hooks());
         r.send(Event::HostThaw { taken: true });
         assert_eq!(r.lc.handle(Event::Abort), Err(Refusal::HostThawArrived));
         r.thaw_done();
@@ -1110,12 +1105,7 @@ mod tests {
 
     #[test]
     fn abort_after_a_deadline_thaw_ends_aborted_after_the_posts() {
-        let mut r = Run::new(setup(Requested::Application, three_hooks()));
-        r.hooks_answer(&|_| true, true);
-        r.send(Event::FreezeSettled {
-            targets: 1,
-            frozen: 1,
-        });
+        let mut r = Run::frozen(three_hooks());
         r.send(Event::Thawed {
             reason: T::Deadline,
         });
@@ -1146,12 +1136,7 @@ mod tests {
 
     #[test]
     fn shutdown_after_the_host_thaw_lets_the_snapshot_finish() {
-        let mut r = Run::new(setup(Requested::Application, three_hooks()));
-        r.hooks_answer(&|_| true, true);
-        r.send(Event::FreezeSettled {
-            targets: 1,
-            frozen: 1,
-        });
+        let mut r = Run::frozen(three_hooks());
         r.send(Event::HostThaw { taken: true });
         assert!(r.send(Event::Shutdown).is_empty());
         r.thaw_done();
@@ -1232,12 +1217,7 @@ mod tests {
 
     #[test]
     fn the_deadline_racing_the_host_thaw_is_crash_and_failed() {
-        let mut r = Run::new(setup(Requested::Application, three_hooks()));
-        r.hooks_answer(&|_| true, true);
-        r.send(Event::FreezeSettled {
-            targets: 1,
-            frozen: 1,
-        });
+        let mut r = Run::frozen(three_hooks());
         r.send(Event::HostThaw { taken: true });
         // The watchdog had already thawed at the deadline when our thaw reached it.
         r.send(Event::Thawed {
@@ -1269,12 +1249,7 @@ mod tests {
 
     #[test]
     fn a_lost_watchdog_while_frozen_is_an_early_thaw() {
-        let mut r = Run::new(setup(Requested::Application, three_hooks()));
-        r.hooks_answer(&|_| true, true);
-        r.send(Event::FreezeSettled {
-            targets: 1,
-            frozen: 1,
-        });
+        let mut r = Run::frozen(three_hooks());
         r.send(Event::WatchdogLost {
             detail: "the watchdog exited".into(),
         });
