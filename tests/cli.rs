@@ -615,7 +615,9 @@ fn callbacks_reach_a_local_receiver() {
 #[test]
 fn a_callback_receiver_that_never_answers_delays_neither_thaw_nor_deadline() {
     require_root();
-    let a = Agent::start(false);
+    // On TCP with a key: the callback goes to the requesting host's own address (a unix
+    // socket peer has none).
+    let a = Agent::start(true);
     let rx = Receiver::start(false);
     let body = |timeout_ms: u64| {
         json!({
@@ -626,13 +628,13 @@ fn a_callback_receiver_that_never_answers_delays_neither_thaw_nor_deadline() {
     };
 
     // The host's thaw is answered at once.
-    let (_, snap) = a.call("POST", "/v1/snapshots", &body(10_000), false);
+    let (_, snap) = a.call("POST", "/v1/snapshots", &body(10_000), true);
     let id = snap["id"].as_str().unwrap().to_string();
     let (_, frozen) = a.call(
         "GET",
         &format!("/v1/snapshots/{id}?wait=frozen&timeout_ms=10000"),
         "",
-        false,
+        true,
     );
     assert_eq!(frozen["state"], "frozen", "{frozen}");
     let t = Instant::now();
@@ -640,7 +642,7 @@ fn a_callback_receiver_that_never_answers_delays_neither_thaw_nor_deadline() {
         "POST",
         &format!("/v1/snapshots/{id}/thaw"),
         r#"{"storage_snapshot":"taken"}"#,
-        false,
+        true,
     );
     assert_eq!(code, 200, "{thawed}");
     assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
@@ -648,19 +650,19 @@ fn a_callback_receiver_that_never_answers_delays_neither_thaw_nor_deadline() {
         "GET",
         &format!("/v1/snapshots/{id}?wait=done&timeout_ms=10000"),
         "",
-        false,
+        true,
     );
     assert_eq!(done["state"], "succeeded", "{done}");
 
     // No thaw: the deadline thaws on time all the same.
-    let (code, snap) = a.call("POST", "/v1/snapshots", &body(1_000), false);
+    let (code, snap) = a.call("POST", "/v1/snapshots", &body(1_000), true);
     assert_eq!(code, 202, "{snap}");
     let id = snap["id"].as_str().unwrap().to_string();
     let (_, done) = a.call(
         "GET",
         &format!("/v1/snapshots/{id}?wait=done&timeout_ms=10000"),
         "",
-        false,
+        true,
     );
     assert_eq!(
         (&done["state"], &done["thaw_reason"]),
