@@ -583,7 +583,7 @@ mod tests {
             config.freeze.exclude_mounts,
             vec![PathBuf::from("/boot/efi")]
         );
-        assert_eq!(config.origin.key_file_at, (10, 3));
+        assert_eq!(config.origin.key_file_at, (11, 3));
     }
 
     #[test]
