@@ -364,7 +364,7 @@ fn journal_records_carry_the_snapshot_hook_mount_and_message_id_fields() {
         all.iter().any(|e| e
             .get("MESSAGE")
             .unwrap()
-            .starts_with("listening on 127.0.0.1")),
+            .starts_with("listening on unix:")),
         "{}",
         show(&all)
     );
