@@ -8,7 +8,7 @@
 # reports the contract keeps). RSS is split into code and libraries (RssFile: the binary's and
 # the shared libraries' pages, shared with the page cache) and private memory (RssAnon).
 #
-# One ext4 loop filesystem in a temporary directory; the daemon is restricted to it (auth none
+# One ext4 loop filesystem in a temporary directory; the daemon is restricted to it (auth hmac
 # on loopback). Safety: nothing else is ever frozen; the EXIT trap thaws, unmounts, detaches.
 # Needs root and a release build (cargo build --release).
 #
@@ -74,10 +74,15 @@ port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0));
 mkdir -p "$WORK/hooks"
 printf '#!/bin/sh\n[ -e %s/slow ] && sleep 1\nexit 0\n' "$WORK" >"$WORK/hooks/app"
 chmod 700 "$WORK/hooks" "$WORK/hooks/app"
+# HMAC on TCP, as in production (auth none is refused on TCP); the Python clients sign with
+# $QUIESCE_KEY_FILE.
+head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$WORK/host.key"
+chmod 600 "$WORK/host.key"
+export QUIESCE_KEY_FILE="$WORK/host.key"
 cat >"$WORK/config.yaml" <<EOF
 listen: 127.0.0.1:$port
 state_dir: $WORK/state
-auth: {mode: none}
+auth: {mode: hmac, key_file: "$WORK/host.key"}
 freeze:
   timeout: 30s
   include_mounts: ["$MNT"]

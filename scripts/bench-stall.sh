@@ -5,7 +5,7 @@
 # alternating (scripts/bench/stall.py says what each freezer does).
 #
 # Creates K loop filesystems (ext4 and xfs in turn) in a temporary directory, starts a quiesce
-# daemon (auth none on loopback, restricted to them) and qemu-ga on a unix socket (no fsfreeze
+# daemon (auth hmac on loopback, restricted to them) and qemu-ga on a unix socket (no fsfreeze
 # hook), and runs R rounds for each dirty-data size (default 0 and 256 MiB) with a hold of H ms.
 # Prints a markdown table (median and min-max per freezer), with --markdown FILE also into FILE,
 # and keeps the raw JSON lines with --keep FILE. Draws the comparison as PNG charts into
@@ -120,10 +120,15 @@ refuse_unless_own_loop "${MOUNTS[@]}"
 
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 mounts_yaml=$(printf '"%s", ' "${MOUNTS[@]}")
+# HMAC on TCP, as in production (auth none is refused on TCP); the Python clients sign with
+# $QUIESCE_KEY_FILE.
+head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$WORK/host.key"
+chmod 600 "$WORK/host.key"
+export QUIESCE_KEY_FILE="$WORK/host.key"
 cat >"$WORK/config.yaml" <<EOF
 listen: 127.0.0.1:$port
 state_dir: $WORK/state
-auth: {mode: none}
+auth: {mode: hmac, key_file: "$WORK/host.key"}
 freeze:
   timeout: 30s
   include_mounts: [${mounts_yaml%, }]

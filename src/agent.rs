@@ -646,3 +646,72 @@ mod tests {
         ));
     }
 }
+
+/// A panicking snapshot task, at the registry level.
+#[cfg(test)]
+mod panic_tests {
+    use super::*;
+
+    fn snapshot(state: State) -> Snapshot {
+        Snapshot {
+            id: "0123456789abcdef".into(),
+            request_id: None,
+            state,
+            requested_consistency: Requested::Application,
+            consistency: None,
+            created_at: "2026-01-01T00:00:00.000Z".into(),
+            frozen_at: None,
+            thawed_at: None,
+            finished_at: None,
+            freeze_deadline: None,
+            frozen_ms: None,
+            thaw_reason: None,
+            mounts: vec![crate::snapshot::model::MountReport {
+                path: "/data".into(),
+                fstype: "ext4".into(),
+                frozen: true,
+                error: None,
+            }],
+            hooks: vec![],
+            errors: vec![],
+            warnings: vec![],
+        }
+    }
+
+    /// A snapshot task that panics while `freezing` ends that snapshot `failed`, and the next
+    /// create is admitted instead of answered 409 forever.
+    #[tokio::test]
+    async fn a_panicking_snapshot_task_does_not_wedge_the_agent() {
+        let (tx, rx) = watch::channel(snapshot(State::Freezing));
+        let panicked = Arc::new(std::sync::OnceLock::new());
+        let mut inner = Inner::default();
+        inner.entries.push_front(Entry {
+            id: "0123456789abcdef".into(),
+            request_id: None,
+            report: Report::Live(rx.clone()),
+            panicked: panicked.clone(),
+            controls: None,
+        });
+        let body = CreateBody::default();
+        assert!(matches!(
+            Agent::admit_locked(&inner, &body),
+            Err(CreateError::Busy { .. })
+        ));
+        // The task panics; its sender goes with it.
+        let task = tokio::spawn(async move {
+            let _keep = tx;
+            panic!("rfc3339 out of range");
+        });
+        let err = task.await.unwrap_err();
+        let end = failed_by_panic(rx.borrow().clone(), &err);
+        panicked.set(end).unwrap();
+        assert!(matches!(Agent::admit_locked(&inner, &body), Ok(None)));
+        let e = &inner.entries[0];
+        let now = e.current();
+        assert_eq!(now.state, State::Failed);
+        assert!(!now.mounts[0].frozen);
+        assert!(now.finished_at.is_some());
+        assert_eq!(now.errors[0].reason, "internal_error");
+        assert_eq!(e.receiver().borrow().state, State::Failed);
+    }
+}

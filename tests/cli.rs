@@ -816,7 +816,8 @@ fn callbacks_reach_a_local_receiver() {
 #[test]
 fn a_callback_receiver_that_never_answers_delays_neither_thaw_nor_deadline() {
     require_root();
-    // Signed, on loopback TCP: the callback goes to the requesting peer's own address.
+    // On TCP with a key: the callback goes to the requesting host's own address (a unix
+    // socket peer has none).
     let a = Agent::start(true);
     let rx = Receiver::start(false);
     let body = |timeout_ms: u64| {

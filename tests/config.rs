@@ -470,3 +470,30 @@ fn a_swapped_key_is_never_accepted() {
         "{err}"
     );
 }
+
+/// `check-config | head -1`: a closed stdout ends it quietly, not with an EPIPE panic.
+#[test]
+fn a_closed_stdout_is_not_a_panic() {
+    let w = World::new();
+    let config = w.dir.path().join("config.yaml");
+    fs::write(
+        &config,
+        "listen: unix:/run/quiesce-test-unused.sock\nauth: {mode: none}\nfreeze: {include_mounts: [/nonexistent-quiesce]}\n",
+    )
+    .unwrap();
+    for _ in 0..5 {
+        let mut child = Command::new(QUIESCE)
+            .args(["check-config", "--config"])
+            .arg(&config)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The reader is gone before the first line is written.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "{err}");
+        assert_eq!(out.status.code(), Some(0), "{err}");
+    }
+}

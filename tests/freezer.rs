@@ -606,3 +606,67 @@ fn a_second_freezer_on_the_same_state_dir_is_refused() {
     let (done, code) = first.thaw();
     assert_eq!(code, 0, "{done}");
 }
+
+/// A record planted in a state_dir that someone else controls (here: uid 65534 owns it) for a
+/// mount that an admin froze with fsfreeze, with the mount's true identity: thaw-all refuses
+/// the state_dir and the admin's freeze stays.
+#[test]
+fn a_forged_record_does_not_make_thaw_all_thaw_an_admins_freeze() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    require_root();
+    let dir = scratch_dir();
+    let fs = LoopFs::create(dir.path(), "admin", Fs::Ext4, 32);
+    let agent = Agent::new(dir.path(), &[&fs.mount]);
+    // The attacker's own state_dir (e.g. created in /tmp before the agent's first start).
+    let frozen = agent.state_dir.join("frozen");
+    std::fs::create_dir_all(&frozen).unwrap();
+    for d in [&agent.state_dir, &frozen] {
+        std::os::unix::fs::chown(d, Some(65534), Some(65534)).unwrap();
+    }
+    let st_dev = std::fs::metadata(&fs.mount).unwrap().dev();
+    let fsid = nix::sys::statvfs::statvfs(&fs.mount)
+        .unwrap()
+        .filesystem_id() as u64;
+    let (major, minor) = split_dev(fs.dev_t());
+    let forged = frozen.join(format!("{major}-{minor}.json"));
+    std::fs::write(
+        &forged,
+        serde_json::json!({
+            "path": fs.mount, "fstype": "ext4", "dev": {"major": major, "minor": minor},
+            "identity": {"st_dev": st_dev, "fsid": fsid}, "pid": 1, "unix_ms": 1
+        })
+        .to_string(),
+    )
+    .unwrap();
+    std::os::unix::fs::chown(&forged, Some(65534), Some(65534)).unwrap();
+    fs.fsfreeze();
+    let (code, out, err) = agent.thaw_all();
+    let mut w = Writer::start_probe(&fs.mount);
+    let still_frozen = !w.finished_within(Duration::from_millis(300));
+    if !still_frozen {
+        panic!("thaw-all thawed the admin's freeze: {out} {err}");
+    }
+    fs.fsunfreeze();
+    w.assert_finishes_within(Duration::from_secs(2));
+    assert_eq!(code, 1, "{out} {err}");
+    assert!(err.contains("owned by uid 65534"), "{err}");
+    // A record planted by someone else in our own state_dir is not a record either.
+    for d in [&agent.state_dir, &frozen] {
+        std::os::unix::fs::chown(d, Some(0), Some(0)).unwrap();
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    fs.fsfreeze();
+    let (code, out, err) = agent.thaw_all();
+    let mut w = Writer::start_probe(&fs.mount);
+    let still_frozen = !w.finished_within(Duration::from_millis(300));
+    if !still_frozen {
+        panic!("thaw-all thawed the admin's freeze: {out} {err}");
+    }
+    fs.fsunfreeze();
+    w.assert_finishes_within(Duration::from_secs(2));
+    assert_eq!(code, 0, "{out} {err}");
+    assert!(
+        out.contains("bad_record") && out.contains("not a record of ours"),
+        "{out}"
+    );
+}

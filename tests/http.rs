@@ -848,3 +848,59 @@ fn auth_none_on_tcp_is_refused_even_on_loopback() {
         "{err}"
     );
 }
+
+/// A hook (or its `#!` interpreter) loosened after the config was loaded is refused right
+/// before it would run.
+#[test]
+fn hooks_and_their_interpreters_are_checked_again_before_exec() {
+    require_root();
+    let dir = scratch_dir();
+    let interp = dir.path().join("interp");
+    fs::copy("/bin/sh", &interp).unwrap();
+    fs::set_permissions(&interp, fs::Permissions::from_mode(0o755)).unwrap();
+    let script = dir.path().join("hook.sh");
+    let log = dir.path().join("hook.log");
+    fs::write(
+        &script,
+        format!(
+            "#!{}\necho \"$QUIESCE_PHASE\" >> {}\n",
+            interp.display(),
+            log.display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
+    let s = scene("30s", &format!("[{{name: app, pre: [{script:?}]}}]"));
+    let d = Daemon::start(&s.config);
+    let run_once = || {
+        let (code, snap) = d.call(
+            "POST",
+            "/v1/snapshots",
+            Some(r#"{"freeze_timeout_ms":2000}"#),
+        );
+        assert_eq!(code, 202, "{snap}");
+        let id = snap["id"].as_str().unwrap();
+        let (_, done) = d.call(
+            "GET",
+            &format!("/v1/snapshots/{id}?wait=done&timeout_ms=20000"),
+            None,
+        );
+        done
+    };
+    // Loosened after the load: the hook itself, then its interpreter.
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o777)).unwrap();
+    let done = run_once();
+    let out = done["hooks"][0]["output"].as_str().unwrap_or_default();
+    assert!(out.contains("refused to run"), "{done}");
+    assert!(!log.exists(), "the loosened hook ran");
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(&interp, fs::Permissions::from_mode(0o777)).unwrap();
+    let done = run_once();
+    let out = done["hooks"][0]["output"].as_str().unwrap_or_default();
+    assert!(out.contains("#! interpreter"), "{done}");
+    assert!(!log.exists(), "the hook ran with a loosened interpreter");
+    // Both fine again: it runs.
+    fs::set_permissions(&interp, fs::Permissions::from_mode(0o755)).unwrap();
+    run_once();
+    assert_eq!(fs::read_to_string(&log).unwrap(), "pre\n");
+}

@@ -362,7 +362,7 @@ fn journal_records_carry_the_snapshot_hook_mount_and_message_id_fields() {
     }
     assert!(
         all.iter()
-            .any(|e| e.get("MESSAGE").unwrap().starts_with("listening on ")),
+            .any(|e| e.get("MESSAGE").unwrap().starts_with("listening on unix:")),
         "{}",
         show(&all)
     );

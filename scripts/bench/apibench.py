@@ -42,6 +42,8 @@ import sys
 import time
 import urllib.parse
 
+import signing
+
 FIFREEZE = 0xC0045877
 FITHAW = 0xC0045878
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -74,6 +76,7 @@ class Api:
         if body is not None:
             data = json.dumps(body).encode()
             headers["Content-Type"] = "application/json"
+        headers.update(signing.headers(method, path, data or b""))
         conn.request(method, path, body=data, headers=headers)
         resp = conn.getresponse()
         raw = resp.read()
@@ -291,9 +294,13 @@ def api_cycle_curl(api, url):
         return r
     sid = snap["id"]
     api.request("GET", f"/v1/snapshots/{sid}?wait=frozen&timeout_ms=30000")
+    thaw_body = '{"storage_snapshot":"taken"}'
+    signed = []
+    for k, v in signing.headers("POST", f"/v1/snapshots/{sid}/thaw", thaw_body.encode()).items():
+        signed += ["-H", f"{k}: {v}"]
     p = subprocess.run(
         ["curl", "-sS", "-o", "/dev/null", "-X", "POST", "-H", "Content-Type: application/json",
-         "-H", "Connection: close", "--data-binary", '{"storage_snapshot":"taken"}',
+         "-H", "Connection: close", *signed, "--data-binary", thaw_body,
          "-w", "%{http_code} %{time_connect} %{time_pretransfer} %{time_starttransfer} %{time_total}",
          f"{url}/v1/snapshots/{sid}/thaw"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -350,7 +357,8 @@ def cmd_cli(a):
     for i in range(a.runs):
         time.sleep(a.gap)
         t0 = now()
-        p = subprocess.run([a.quiesce, "snapshot", "--agent", a.url, "--exec", "true"],
+        key = ["--key-file", os.environ["QUIESCE_KEY_FILE"]] if signing.KEY else []
+        p = subprocess.run([a.quiesce, "snapshot", "--agent", a.url, *key, "--exec", "true"],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         t1 = now()
         try:

@@ -35,6 +35,8 @@ import threading
 import time
 import urllib.parse
 
+import signing
+
 FIFREEZE = 0xC0045877
 FITHAW = 0xC0045878
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -55,7 +57,8 @@ class Quiesce:
     def call(self, method, path, body=None):
         conn = http.client.HTTPConnection(self.host, self.port, timeout=120)
         data = json.dumps(body).encode() if body is not None else None
-        conn.request(method, path, body=data, headers={"Connection": "close"})
+        headers = {"Connection": "close", **signing.headers(method, path, data or b"")}
+        conn.request(method, path, body=data, headers=headers)
         resp = conn.getresponse()
         out = json.loads(resp.read() or b"null")
         conn.close()

@@ -6,6 +6,17 @@ use std::path::Path;
 use crate::config::{AuthMode, Config, Hook, OnFailure};
 use crate::freezer::{self, show};
 
+/// `println!` that ends the command quietly when stdout is closed (`check-config | head -1`)
+/// instead of panicking with EPIPE; nothing is frozen here, so exiting at once is safe.
+macro_rules! println {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if writeln!(std::io::stdout(), $($arg)*).is_err() {
+            std::process::exit(0);
+        }
+    }};
+}
+
 /// Runs the command; returns the exit code.
 pub fn run(config_path: &Path) -> i32 {
     let config = match super::load_config_and_key(config_path) {

@@ -46,6 +46,16 @@ pub use validate::RESERVED_ENV_PREFIX;
 use locate::{Source, Step::Key};
 use validate::HookAt;
 
+/// Checks a command about to run as root (a hook, or the interpreter on its `#!` line) with
+/// the rules of hook commands, on the real file system: `Err` says what is wrong.
+pub fn check_command_now(path: &Path) -> Result<(), String> {
+    let checked = files::check_command(&files::Real, path);
+    match checked.problems.first() {
+        None => Ok(()),
+        Some(p) => Err(p.message(&path.display().to_string(), path, checked.real.as_deref())),
+    }
+}
+
 /// Default location of the main config.
 pub const DEFAULT_PATH: &str = "/etc/quiesce/config.yaml";
 /// Default runtime state folder (a tmpfs).
@@ -564,7 +574,7 @@ mod tests {
             config.freeze.exclude_mounts,
             vec![PathBuf::from("/boot/efi")]
         );
-        assert_eq!(config.origin.key_file_at, (10, 3));
+        assert_eq!(config.origin.key_file_at, (11, 3));
     }
 
     #[test]

@@ -4,9 +4,17 @@
 //! A record is written before each FIFREEZE and removed after our thaw, or at once when the
 //! FIFREEZE failed (so a mount frozen by someone else is never recorded as ours). `state_dir` is a
 //! tmpfs, so none of this touches a filesystem that may be frozen.
+//!
+//! A record makes root thaw a mount, so only our own records count: `state_dir` and `frozen/`
+//! must be real directories (not symlinks) owned by the effective uid (root, for the daemon)
+//! and not writable by group or others; files are created relative to the opened `frozen/`
+//! directory with `O_CREAT|O_EXCL|O_NOFOLLOW` (a planted symlink cannot make root write
+//! elsewhere) and read with `O_NOFOLLOW|O_NONBLOCK`, only when they are small regular files
+//! with one link, owned by the effective uid and private (a FIFO cannot hang a read, a file
+//! someone else planted is not a record). The identity check on the mount point comes on top.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -20,6 +28,91 @@ use serde::{Deserialize, Serialize};
 use super::mountinfo::DevNum;
 use super::protocol::{escaped_path, FsIdentity, PlanMount};
 use crate::sys::ioctl;
+
+/// Largest record file read (a record is a few hundred bytes).
+const MAX_RECORD_BYTES: u64 = 64 * 1024;
+
+/// Checks that `dir` is a directory (not a symlink) of the effective uid, not writable by group
+/// or others.
+fn check_trusted_dir(dir: &Path) -> io::Result<()> {
+    let md = fs::symlink_metadata(dir)?;
+    let refuse = |why: String| {
+        Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "{} {why}: refusing to trust the records in it",
+                dir.display()
+            ),
+        ))
+    };
+    if md.file_type().is_symlink() {
+        return refuse("is a symlink".into());
+    }
+    if !md.is_dir() {
+        return refuse("is not a directory".into());
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    if md.uid() != me {
+        return refuse(format!("is owned by uid {}, not {me}", md.uid()));
+    }
+    if md.mode() & 0o022 != 0 {
+        return refuse(format!(
+            "is writable by group or others (mode {:04o})",
+            md.mode() & 0o7777
+        ));
+    }
+    Ok(())
+}
+
+/// Opens a trusted directory without following a symlink at its last name.
+fn open_dir(dir: &Path) -> io::Result<File> {
+    check_trusted_dir(dir)?;
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(dir)
+}
+
+/// `openat(dir, name, flags, mode)`.
+fn open_at(dir: &File, name: &str, flags: nix::fcntl::OFlag, mode: u32) -> io::Result<File> {
+    let fd = nix::fcntl::openat(
+        dir.as_fd(),
+        name,
+        flags | nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NOFOLLOW,
+        nix::sys::stat::Mode::from_bits_truncate(mode),
+    )
+    .map_err(io::Error::from)?;
+    Ok(File::from(fd))
+}
+
+/// Reads a record file opened relative to `dir`, if it is one of ours: a small regular file
+/// with one link, owned by the effective uid, private.
+fn read_record_at(dir: &File, name: &str) -> Result<String, String> {
+    use nix::fcntl::OFlag;
+    let file = open_at(dir, name, OFlag::O_RDONLY | OFlag::O_NONBLOCK, 0)
+        .map_err(|e| format!("opening it: {e}"))?;
+    let md = file.metadata().map_err(|e| e.to_string())?;
+    let me = nix::unistd::geteuid().as_raw();
+    if !md.file_type().is_file() {
+        return Err("not a regular file: not a record of ours".into());
+    }
+    if md.uid() != me || md.mode() & 0o077 != 0 || md.nlink() != 1 {
+        return Err(format!(
+            "owned by uid {} with mode {:04o} and {} links: not a record of ours",
+            md.uid(),
+            md.mode() & 0o7777,
+            md.nlink()
+        ));
+    }
+    if md.len() > MAX_RECORD_BYTES {
+        return Err(format!("{} bytes: not a record of ours", md.len()));
+    }
+    let mut text = String::new();
+    file.take(MAX_RECORD_BYTES)
+        .read_to_string(&mut text)
+        .map_err(|e| e.to_string())?;
+    Ok(text)
+}
 
 /// How long a recovery FITHAW may take before it is reported as hung and left behind.
 pub const RECOVERY_THAW_WAIT: Duration = Duration::from_secs(2);
@@ -51,16 +144,29 @@ impl Records {
         }
     }
 
-    /// Creates state_dir and its `frozen/` folder (0700) if missing.
+    /// Creates state_dir and its `frozen/` folder (0700) if missing; both must then be
+    /// trustworthy (see the module's doc).
     pub fn ensure_dir(&self) -> io::Result<()> {
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
-            .create(&self.dir)
+            .create(&self.dir)?;
+        if let Some(state_dir) = self.dir.parent() {
+            check_trusted_dir(state_dir)?;
+        }
+        check_trusted_dir(&self.dir)
     }
 
-    fn file_for(&self, dev: DevNum) -> PathBuf {
-        self.dir.join(format!("{}-{}.json", dev.major, dev.minor))
+    fn name_for(dev: DevNum) -> String {
+        format!("{}-{}.json", dev.major, dev.minor)
+    }
+
+    /// The `frozen/` folder, opened after the checks (its parent, state_dir, too).
+    fn open(&self) -> io::Result<File> {
+        if let Some(state_dir) = self.dir.parent() {
+            check_trusted_dir(state_dir)?;
+        }
+        open_dir(&self.dir)
     }
 
     /// Writes (atomically, by rename) the record of a mount about to be frozen.
@@ -73,41 +179,59 @@ impl Records {
             pid,
             unix_ms,
         };
-        let target = self.file_for(mount.dev);
-        let tmp = target.with_extension("tmp");
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
+        use nix::fcntl::OFlag;
+        let dir = self.open()?;
+        let target = Self::name_for(mount.dev);
+        let tmp = format!("{}-{}.tmp", mount.dev.major, mount.dev.minor);
+        let create = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL;
+        // A leftover (a crash between create and rename) or anything planted there is
+        // unlinked, never opened: O_EXCL|O_NOFOLLOW do not follow a symlink.
+        let mut f = match open_at(&dir, &tmp, create, 0o600) {
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                nix::unistd::unlinkat(&dir, tmp.as_str(), nix::unistd::UnlinkatFlags::NoRemoveDir)
+                    .map_err(io::Error::from)?;
+                open_at(&dir, &tmp, create, 0o600)?
+            }
+            other => other?,
+        };
         f.write_all(serde_json::to_string(&record)?.as_bytes())?;
         drop(f);
-        fs::rename(&tmp, &target)
+        nix::fcntl::renameat(&dir, tmp.as_str(), &dir, target.as_str()).map_err(io::Error::from)
     }
 
     /// Removes a mount's record; a missing one is not an error.
     pub fn remove(&self, dev: DevNum) -> io::Result<()> {
-        match fs::remove_file(self.file_for(dev)) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
+        let dir = match self.open() {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            other => other?,
+        };
+        match nix::unistd::unlinkat(
+            &dir,
+            Self::name_for(dev).as_str(),
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
+        ) {
+            Err(nix::errno::Errno::ENOENT) | Ok(()) => Ok(()),
+            Err(e) => Err(e.into()),
         }
     }
 
     /// Every record file, parsed (or the reason it could not be).
     pub fn list(&self) -> io::Result<Vec<(PathBuf, Result<Record, String>)>> {
-        let entries = match fs::read_dir(&self.dir) {
+        let dir = match self.open() {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
             other => other?,
         };
         let mut out = Vec::new();
-        for entry in entries {
-            let path = entry?.path();
+        for entry in fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            let path = entry.path();
             if path.extension().and_then(|e| e.to_str()) != Some("json") {
                 continue;
             }
-            let parsed = fs::read_to_string(&path)
-                .map_err(|e| e.to_string())
+            let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            let parsed = read_record_at(&dir, &name)
                 .and_then(|text| serde_json::from_str(&text).map_err(|e| e.to_string()));
             out.push((path, parsed));
         }
@@ -259,8 +383,14 @@ impl AgentLock {
             .create(true)
             .truncate(false)
             .mode(0o600)
-            .custom_flags(libc::O_CLOEXEC)
+            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_NONBLOCK)
             .open(&path)?;
+        if !file.metadata()?.file_type().is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{} is not a regular file", path.display()),
+            ));
+        }
         match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(lock) => Ok(AgentLock { _lock: lock }),
             Err((_, Errno::EWOULDBLOCK)) => Err(io::Error::new(
@@ -326,6 +456,77 @@ mod tests {
         assert!(matches!(out[1], Recovery::Gone { ref why, .. } if why.contains("another")));
         assert!(matches!(out[2], Recovery::BadRecord { .. }));
         assert!(records.list().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_planted_symlink_is_never_written_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let records = Records::new(dir.path());
+        records.ensure_dir().unwrap();
+        let victim = dir.path().join("victim");
+        fs::write(&victim, "precious").unwrap();
+        std::os::unix::fs::symlink(&victim, records.dir.join("7-3.tmp")).unwrap();
+        records.write(&mount("/a", 3), 1, 1).unwrap();
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "precious");
+        assert_eq!(records.list().unwrap().len(), 1);
+        // A symlink as a record is not read through either.
+        std::os::unix::fs::symlink(&victim, records.dir.join("7-9.json")).unwrap();
+        let list = records.list().unwrap();
+        assert!(
+            list[1].1.as_ref().unwrap_err().contains("opening it"),
+            "{list:?}"
+        );
+    }
+
+    #[test]
+    fn a_fifo_or_a_foreign_file_is_not_a_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let records = Records::new(dir.path());
+        records.ensure_dir().unwrap();
+        nix::unistd::mkfifo(
+            &records.dir.join("7-1.json"),
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        )
+        .unwrap();
+        let shared = records.dir.join("7-2.json");
+        fs::write(&shared, "{}").unwrap();
+        fs::set_permissions(&shared, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+        let t = std::time::Instant::now();
+        let list = records.list().unwrap();
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "a FIFO blocked the read"
+        );
+        assert!(list[0]
+            .1
+            .as_ref()
+            .unwrap_err()
+            .contains("not a regular file"));
+        assert!(list[1]
+            .1
+            .as_ref()
+            .unwrap_err()
+            .contains("not a record of ours"));
+        // thaw-all settles them without hanging.
+        let out = thaw_recorded(dir.path()).unwrap();
+        assert!(out.iter().all(|r| matches!(r, Recovery::BadRecord { .. })));
+    }
+
+    #[test]
+    fn an_untrusted_state_dir_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = dir.path().join("open");
+        fs::create_dir(&open).unwrap();
+        fs::set_permissions(&open, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+        let e = thaw_recorded(&open).unwrap_err();
+        assert!(e.to_string().contains("writable by group or others"), "{e}");
+        assert!(AgentLock::acquire(&open).is_err());
+        let link = dir.path().join("link");
+        let real = dir.path().join("real");
+        fs::create_dir(&real).unwrap();
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let e = thaw_recorded(&link).unwrap_err();
+        assert!(e.to_string().contains("is a symlink"), "{e}");
     }
 
     #[test]

@@ -110,6 +110,13 @@ fn run(args: &ExecOptions) -> HelperReport {
         return report;
     }
 
+    // Checked at load, and again now: the file (or its interpreter) may have been replaced or
+    // loosened since, and the `#!` interpreter was never looked at.
+    if let Err(e) = check_before_exec(Path::new(&args.argv[0])) {
+        report.error = Some(format!("refused to run: {e}"));
+        return report;
+    }
+
     let start = Instant::now();
     let hook = match spawn(&args.argv, &null) {
         Ok(pid) => pid,
@@ -439,6 +446,25 @@ fn exec_error(program: &OsStr, err: &io::Error) -> String {
         _ => {}
     }
     msg
+}
+
+/// The hook command and, when it starts with `#!`, its interpreter must still follow the
+/// rules of hook commands (root's, not writable by group or others, in trustworthy
+/// directories). Commands found on PATH (not absolute) are left to the config's checks.
+fn check_before_exec(program: &Path) -> Result<(), String> {
+    // A missing file is left to the exec, whose error names the likely cause.
+    if !program.is_absolute() || std::fs::symlink_metadata(program).is_err() {
+        return Ok(());
+    }
+    crate::config::check_command_now(program)?;
+    if let Some(interp) = shebang_interpreter(program) {
+        let path = Path::new(&interp);
+        if path.is_absolute() && std::fs::symlink_metadata(path).is_ok() {
+            crate::config::check_command_now(path)
+                .map_err(|e| format!("the #! interpreter of {}: {e}", program.display()))?;
+        }
+    }
+    Ok(())
 }
 
 /// The interpreter named on the file's `#!` line, shown with `{:?}` so a stray `\r` (DOS line
