@@ -281,6 +281,9 @@ impl Agent {
         });
         let metrics = self.metrics.clone();
         metrics.set_active(true);
+        // What ends the snapshot if its driver is lost: the config, the seams, and a sender of
+        // its report (waiters then see the end state).
+        let lost = (ctx.clone(), self.ports.clone(), report_tx.clone());
         let run = snapshot::run_with(
             ctx,
             self.ports.clone(),
@@ -305,8 +308,12 @@ impl Agent {
                 Ok(end) => end,
                 Err(e) => {
                     let (slot, report, latest) = on_panic;
-                    let end = failed_by_panic(report.borrow().clone(), &e);
+                    let failed = failed_by_panic(report.borrow().clone(), &e);
+                    // Thaw from the records, then the post hooks still due.
+                    let (ctx, ports, report_tx) = lost;
+                    let end = snapshot::after_a_lost_driver(&ctx, &ports, failed).await;
                     let _ = slot.set(end.clone());
+                    report_tx.send_replace(end.clone());
                     latest.send_replace(Some(end.clone()));
                     end
                 }
@@ -481,8 +488,8 @@ fn failed_by_panic(mut snap: Snapshot, e: &tokio::task::JoinError) -> Snapshot {
     snap.errors.push(crate::snapshot::lifecycle::Problem {
         reason: crate::snapshot::lifecycle::Reason::InternalError,
         message: format!(
-            "the snapshot task {what}; the watchdog thawed what was frozen (post hooks of this \
-             snapshot may not have run)"
+            "the snapshot task {what}; what it had frozen was thawed (by its watchdog and from \
+             the records) and the post hooks still due ran after it"
         ),
     });
     snap
@@ -629,6 +636,37 @@ mod tests {
         assert!(!agent.busy());
         assert!(agent.list().is_empty());
         assert!(freezers.records().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_panicking_driver_ends_its_snapshot_failed_with_the_posts_run() {
+        let (agent, hooks, freezers) = agent(
+            "[{name: a, pre: [/bin/a], post: [/bin/a]}, {name: b, pre: [/bin/b], post: [/bin/b]}]",
+        );
+        freezers.behaviour.lock().unwrap().panic_after = Some(Duration::from_millis(50));
+        let id = id_of(agent.create(body(None), None).unwrap());
+        let rx = agent.watch(&id).unwrap();
+        let end = wait_until(rx, Duration::from_secs(10), |s| s.state.is_end()).await;
+        let end = agent.list().into_iter().find(|s| s.id == id).unwrap_or(end);
+        assert_eq!((end.state, end.consistency), (State::Failed, None));
+        assert!(end
+            .errors
+            .iter()
+            .any(|e| e.reason == crate::snapshot::lifecycle::Reason::InternalError));
+        let phases: Vec<String> = hooks
+            .calls()
+            .iter()
+            .map(|c| format!("{}/{}", c.name, c.phase))
+            .collect();
+        assert_eq!(phases, ["a/pre", "b/pre", "b/post", "a/post"]);
+        assert!(hooks
+            .calls()
+            .iter()
+            .filter(|c| c.phase == crate::hooks::Phase::Post)
+            .all(|c| c.thaw_reason.as_deref() == Some("error")));
+        // Not wedged: the next snapshot is admitted.
+        freezers.behaviour.lock().unwrap().panic_after = None;
+        assert!(agent.create(body(None), None).is_ok());
     }
 
     #[tokio::test]

@@ -9,10 +9,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
-use super::model::{HookReport, MountReport, Snapshot};
+use super::model::{MountReport, Snapshot};
 use super::ports::{FreezeView, Freezer, Ports};
 use super::{now_ms, rfc3339, Context, Control, ControlMsg, Prepared};
-use crate::hooks::{self, HookOutcome, HookSpec, Phase};
+use crate::hooks::{HookOutcome, Phase};
 use crate::logging::ids;
 use crate::snapshot::lifecycle::{Action, Event, Lifecycle, Milestone, Refusal, State, ThawReason};
 
@@ -169,20 +169,7 @@ impl Driver {
 
     fn start_hook(&mut self, hook: usize, phase: Phase, thaw_reason: Option<ThawReason>) {
         let h = &self.ctx.config.hooks[hook];
-        let argv = match phase {
-            Phase::Pre => h.pre.clone(),
-            Phase::Post => h.post.clone(),
-        }
-        .unwrap_or_default();
-        let mut spec = HookSpec::new(&h.name, phase, argv, h.timeout);
-        spec.env = h.env.clone();
-        spec.snapshot_id = self.prepared.request.id.clone();
-        spec.vars = hooks::quiesce_vars(
-            &self.prepared.request.id,
-            phase,
-            &h.name,
-            thaw_reason.map(|r| r.as_str()),
-        );
+        let spec = super::hook_spec(h, &self.prepared.request.id, phase, thaw_reason);
         let (cancel, rx) = watch::channel(false);
         let run = self.ports.hooks.run(spec, rx);
         // A span of its own (QUIESCE_HOOK, QUIESCE_PHASE), inside the snapshot's.
@@ -198,22 +185,10 @@ impl Driver {
 
     fn hook_done(&mut self, (hook, phase, outcome): (usize, Phase, HookOutcome)) {
         let ok = outcome.succeeded();
-        let mut output = outcome.output.clone();
-        if let Some(why) = outcome.failure() {
-            // The runner has logged it, in the hook's span.
-            if !output.is_empty() && !output.ends_with('\n') {
-                output.push('\n');
-            }
-            output.push_str(&format!("[quiesce] {why}"));
-        }
-        self.snap.hooks.push(HookReport {
-            name: self.ctx.config.hooks[hook].name.clone(),
-            phase: phase.as_str(),
-            exit_code: outcome.exit_code,
-            timed_out: outcome.timed_out,
-            duration_ms: outcome.duration.as_millis() as u64,
-            output,
-        });
+        let name = &self.ctx.config.hooks[hook].name;
+        self.snap
+            .hooks
+            .push(super::hook_report(name, phase, &outcome));
         self.feed(match phase {
             Phase::Pre => Event::PreHookFinished { hook, ok },
             Phase::Post => Event::PostHookFinished { hook, ok },

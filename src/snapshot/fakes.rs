@@ -108,6 +108,8 @@ pub struct FreezeBehaviour {
     pub thaw_after: Duration,
     /// The watchdog dies this long after the start.
     pub lost_after: Option<Duration>,
+    /// The driver's task panics (a bug) this long after the start.
+    pub panic_after: Option<Duration>,
 }
 
 /// One freeze as the fake saw it, on tokio's clock.
@@ -264,6 +266,13 @@ impl FakeFreezer {
             Stage::ThawPending { at, .. } => (at, 2),
         };
         let deadline = self.deadline();
+        if let Some(after) = self.behaviour.panic_after {
+            let started = self.records.lock().unwrap()[self.index].started;
+            if let Some(started) = started {
+                tokio::time::sleep_until(started + after).await;
+                panic!("a bug in the driver, injected by the test");
+            }
+        }
         let lost = self.lost_at();
         let mut at = if what == 0 { wake.min(deadline) } else { wake };
         if let Some(l) = lost {

@@ -711,6 +711,37 @@ impl Lifecycle {
     }
 }
 
+/// The post hooks still due when a snapshot's driver was lost (a bug), in the order to run
+/// them: the contract's rule (a post for every hook whose pre started, in reverse order) read
+/// from what the report shows. `pre_done`: hooks whose pre ended; `post_done`: whose post ran;
+/// `reached_freeze`: the snapshot got past its pre hooks (every hook was considered). Before
+/// that, the hook after the last one whose pre ended is taken as started: the driver starts the
+/// next pre the moment the previous one ends.
+pub fn posts_due_after_loss(
+    setup: &Setup,
+    pre_done: &[usize],
+    post_done: &[usize],
+    reached_freeze: bool,
+) -> Vec<usize> {
+    if setup.requested != Requested::Application {
+        return Vec::new();
+    }
+    let n = setup.hooks.len();
+    let considered = if reached_freeze {
+        n
+    } else {
+        // Up to and including the next hook with a pre after the last one that ended.
+        let from = pre_done.iter().max().map_or(0, |&l| l + 1);
+        (from..n)
+            .find(|&i| setup.hooks[i].has_pre)
+            .map_or(n, |i| i + 1)
+    };
+    (0..considered)
+        .rev()
+        .filter(|&i| setup.hooks[i].has_post && !post_done.contains(&i))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1640,5 +1671,29 @@ mod tests {
                 one_run(seed);
             }
         }
+    }
+
+    #[test]
+    fn posts_due_after_a_lost_driver_follow_the_contracts_rule() {
+        let s = setup(Requested::Application, three_hooks());
+        // Lost during b's pre (a's ended): b's and a's posts, b first.
+        assert_eq!(posts_due_after_loss(&s, &[0], &[], false), [1, 0]);
+        // Lost while frozen: every post, in reverse.
+        assert_eq!(posts_due_after_loss(&s, &[0, 1, 2], &[], true), [2, 1, 0]);
+        // Lost during the posts: only those not run yet.
+        assert_eq!(posts_due_after_loss(&s, &[0, 1, 2], &[2], true), [1, 0]);
+        // A file_system snapshot ran no pre: nothing is due.
+        let fs = setup(Requested::FileSystem, three_hooks());
+        assert!(posts_due_after_loss(&fs, &[], &[], true).is_empty());
+        // Hooks without a pre count as started when their turn came; without a post, skipped.
+        let mixed = setup(
+            Requested::Application,
+            vec![
+                hook("only-post", false, true, false),
+                hook("both", true, true, false),
+                hook("only-pre", true, false, false),
+            ],
+        );
+        assert_eq!(posts_due_after_loss(&mixed, &[], &[], false), [1, 0]);
     }
 }

@@ -25,8 +25,11 @@ use tracing::Instrument;
 use crate::config::Config;
 pub use crate::freezer::session::rfc3339;
 use crate::freezer::{Discovery, PlanError};
-use crate::snapshot::lifecycle::{HookPlan, Lifecycle, Refusal, Requested, Setup, State};
-use model::{MountReport, Snapshot};
+use crate::hooks::{HookOutcome, HookSpec, Phase};
+use crate::snapshot::lifecycle::{
+    HookPlan, Lifecycle, Refusal, Requested, Setup, State, ThawReason,
+};
+use model::{HookReport, MountReport, Snapshot};
 use ports::Ports;
 
 /// What the agent needs to run snapshots.
@@ -177,8 +180,101 @@ pub async fn run_with(
     mut controls: mpsc::Receiver<ControlMsg>,
     out: Outputs,
 ) -> Snapshot {
-    let setup = Setup {
-        requested: prepared.request.requested,
+    let (lc, actions) = Lifecycle::start(setup(&ctx, prepared.request.requested));
+    // Every record of this snapshot carries its id (journal field QUIESCE_SNAPSHOT_ID).
+    let span = tracing::info_span!("snapshot", snapshot_id = %prepared.request.id);
+    driver::Driver::new(ctx, ports, prepared, lc, actions, out)
+        .drive(&mut controls)
+        .instrument(span)
+        .await
+}
+
+/// The command of one hook run, with the contract's `QUIESCE_*` variables.
+fn hook_spec(
+    h: &crate::config::Hook,
+    snapshot_id: &str,
+    phase: Phase,
+    thaw_reason: Option<ThawReason>,
+) -> HookSpec {
+    let argv = match phase {
+        Phase::Pre => h.pre.clone(),
+        Phase::Post => h.post.clone(),
+    }
+    .unwrap_or_default();
+    let mut spec = HookSpec::new(&h.name, phase, argv, h.timeout);
+    spec.env = h.env.clone();
+    spec.snapshot_id = snapshot_id.to_owned();
+    spec.vars =
+        crate::hooks::quiesce_vars(snapshot_id, phase, &h.name, thaw_reason.map(|r| r.as_str()));
+    spec
+}
+
+/// A hook run as the report shows it; a failed run's output ends with a `[quiesce]` line
+/// saying why (the runner has logged it, in the hook's span).
+fn hook_report(name: &str, phase: Phase, outcome: &HookOutcome) -> HookReport {
+    let mut output = outcome.output.clone();
+    if let Some(why) = outcome.failure() {
+        if !output.is_empty() && !output.ends_with('\n') {
+            output.push('\n');
+        }
+        output.push_str(&format!("[quiesce] {why}"));
+    }
+    HookReport {
+        name: name.to_owned(),
+        phase: phase.as_str(),
+        exit_code: outcome.exit_code,
+        timed_out: outcome.timed_out,
+        duration_ms: outcome.duration.as_millis() as u64,
+        output,
+    }
+}
+
+/// Ends a snapshot whose driver was lost (its task panicked: a bug) the way the contract asks:
+/// whatever it had frozen is thawed from the records in `state_dir` (its watchdog thaws too,
+/// its pipe being closed), then the post hooks still due run, in reverse order, with
+/// `QUIESCE_THAW_REASON=error`. `last` is the last Snapshot it published, already `failed`.
+pub async fn after_a_lost_driver(ctx: &Context, ports: &Ports, mut last: Snapshot) -> Snapshot {
+    let dir = ctx.config.state_dir.clone();
+    match tokio::task::spawn_blocking(move || crate::freezer::recovery::thaw_recorded(&dir)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::error!("thawing from the records after a lost snapshot task: {e}"),
+        Err(e) => tracing::error!("thawing from the records after a lost snapshot task: {e}"),
+    }
+    let hooks = &ctx.config.hooks;
+    let index = |name: &str| hooks.iter().position(|h| h.name == name);
+    let ran = |phase: &str| -> Vec<usize> {
+        last.hooks
+            .iter()
+            .filter(|r| r.phase == phase)
+            .filter_map(|r| index(&r.name))
+            .collect()
+    };
+    let setup = setup(ctx, last.requested_consistency);
+    let reached_freeze = !matches!(last.state, State::PreHooks)
+        || last.freeze_deadline.is_some()
+        || last.frozen_at.is_some();
+    let due = lifecycle::posts_due_after_loss(&setup, &ran("pre"), &ran("post"), reached_freeze);
+    let reason = reached_freeze.then_some(ThawReason::Error);
+    let (_never, cancel) = watch::channel(false);
+    for hook in due {
+        let h = &hooks[hook];
+        let spec = hook_spec(h, &last.id, Phase::Post, reason);
+        let outcome = ports.hooks.run(spec, cancel.clone()).await;
+        if !outcome.succeeded() {
+            last.warnings.push(lifecycle::Problem {
+                reason: lifecycle::Reason::PostHookFailed,
+                message: format!("post hook {} failed", h.name),
+            });
+        }
+        last.hooks.push(hook_report(&h.name, Phase::Post, &outcome));
+    }
+    last
+}
+
+/// What the lifecycle needs to know of the config.
+fn setup(ctx: &Context, requested: Requested) -> Setup {
+    Setup {
+        requested,
         hooks: ctx
             .config
             .hooks
@@ -191,12 +287,5 @@ pub async fn run_with(
             })
             .collect(),
         freeze_enabled: ctx.config.freeze.enabled,
-    };
-    let (lc, actions) = Lifecycle::start(setup);
-    // Every record of this snapshot carries its id (journal field QUIESCE_SNAPSHOT_ID).
-    let span = tracing::info_span!("snapshot", snapshot_id = %prepared.request.id);
-    driver::Driver::new(ctx, ports, prepared, lc, actions, out)
-        .drive(&mut controls)
-        .instrument(span)
-        .await
+    }
 }
