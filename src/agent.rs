@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::metrics::Metrics;
 use crate::snapshot::lifecycle::{Refusal, Requested, State};
-use crate::snapshot::model::Snapshot;
+use crate::snapshot::model::{Channel, Snapshot};
 use crate::snapshot::ports::Ports;
 use crate::snapshot::{self, Context, Control, ControlMsg, Request};
 
@@ -203,8 +203,13 @@ impl Agent {
         &self.metrics
     }
 
-    /// Starts a snapshot, or returns the one of a known `request_id`.
+    /// Starts a snapshot ordered over HTTP, or returns the one of a known `request_id`.
     pub fn create(&self, body: CreateBody) -> Result<Created, CreateError> {
+        self.create_on(Channel::Http, body)
+    }
+
+    /// Starts a snapshot ordered through `channel` (one at a time across all channels).
+    pub fn create_on(&self, channel: Channel, body: CreateBody) -> Result<Created, CreateError> {
         if let Some(rid) = &body.request_id {
             if !valid_request_id(rid) {
                 return Err(CreateError::BadRequest(
@@ -227,6 +232,7 @@ impl Agent {
         let request = Request {
             id: new_id(),
             request_id: body.request_id.clone(),
+            channel,
             requested: match body.consistency {
                 Some(RequestedWire::FileSystem) => Requested::FileSystem,
                 _ => Requested::Application,
@@ -411,6 +417,16 @@ impl Agent {
         for t in tasks {
             let _ = t.await;
         }
+    }
+
+    /// The snapshot that is not finished, if any.
+    pub fn active(&self) -> Option<Snapshot> {
+        let inner = self.inner.lock().expect("agent lock");
+        inner
+            .entries
+            .front()
+            .filter(|e| !e.ended())
+            .map(Entry::current)
     }
 
     /// True while a snapshot is not finished.

@@ -25,6 +25,7 @@ pub mod hooks;
 pub mod http;
 pub mod logging;
 pub mod metrics;
+pub mod qga;
 pub mod snapshot;
 pub mod sys;
 pub mod systemd;

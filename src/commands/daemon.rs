@@ -69,6 +69,13 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<i32> {
         Listen::Vsock { port } => http::vsock::bind(port)?.into(),
     };
     let local = listener.local()?;
+    // Bound before READY=1 so that a bad qga.path stops the start, like a bad listen.
+    let qga = if config.qga.enabled {
+        let path = crate::config::QgaPath::parse(&config.qga.path).map_err(anyhow::Error::msg)?;
+        Some(crate::qga::Endpoint::bind(&path)?)
+    } else {
+        None
+    };
     let (auth, callback_key) = credentials(&config)?;
     let auth = AuthSlot::new(auth);
     let agent = Agent::new(Context {
@@ -77,6 +84,13 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<i32> {
         callback_key,
     });
     let router = http::router(agent.clone(), auth.clone());
+    let qga_task = qga.map(|endpoint| {
+        tracing::info!(
+            "qga: serving the QEMU guest agent protocol on {}",
+            endpoint.describe()
+        );
+        tokio::spawn(endpoint.serve(agent.clone()))
+    });
     tracing::info!("listening on {local}");
     notify::ready(&status_now(&agent, &local));
 
@@ -135,6 +149,11 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<i32> {
         tracing::info!("stopping: thawing and running the due post hooks first");
     }
     agent.shutdown().await;
+    if let Some(task) = qga_task {
+        // Dropping the endpoint removes its unix socket.
+        task.abort();
+        let _ = task.await;
+    }
     tracing::info!("stopped");
     Ok(0)
 }
@@ -224,6 +243,14 @@ impl Service {
                 new.state_dir.display()
             ));
             new.state_dir = old.state_dir.clone();
+        }
+        if new.qga.enabled != old.qga.enabled || new.qga.path != old.qga.path {
+            notes.push(format!(
+                "qga.enabled and qga.path stay {} and {} until a restart",
+                old.qga.enabled, old.qga.path
+            ));
+            new.qga.enabled = old.qga.enabled;
+            new.qga.path = old.qga.path.clone();
         }
         for note in &notes {
             tracing::warn!("reload: {note}");

@@ -96,6 +96,7 @@ pub async fn run(args: FreezeArgs) -> anyhow::Result<i32> {
     let request = Request {
         id: crate::agent::new_id(),
         request_id: None,
+        channel: crate::snapshot::model::Channel::Cli,
         requested: Requested::FileSystem,
         freeze_timeout: args.timeout,
         mounts: (!args.mounts.is_empty()).then(|| args.mounts.clone()),

@@ -102,6 +102,73 @@ impl Default for Freeze {
     }
 }
 
+/// The `qga` section (contract: the QEMU guest agent protocol).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Qga {
+    pub enabled: bool,
+    /// The virtio-serial port, or `unix:PATH` for a listening unix socket.
+    pub path: String,
+    #[serde(deserialize_with = "duration_value")]
+    pub freeze_timeout: Duration,
+    pub consistency: QgaConsistency,
+    /// `unix:PATH` of a qemu-ga to relay the other commands to; empty: none.
+    pub forward: String,
+}
+
+/// `qga.consistency`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum QgaConsistency {
+    #[default]
+    Application,
+    FileSystem,
+}
+
+/// The virtio-serial port of the QEMU guest agent.
+pub const QGA_PORT: &str = "/dev/virtio-ports/org.qemu.guest_agent.0";
+
+impl Default for Qga {
+    fn default() -> Self {
+        Qga {
+            enabled: false,
+            path: QGA_PORT.into(),
+            freeze_timeout: Duration::from_secs(60),
+            consistency: QgaConsistency::Application,
+            forward: String::new(),
+        }
+    }
+}
+
+/// Where the qga endpoint is served (`qga.path`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QgaPath {
+    /// A character device (the virtio-serial port).
+    Port(PathBuf),
+    /// `unix:PATH`: a listening unix socket.
+    Unix(PathBuf),
+}
+
+impl QgaPath {
+    /// `unix:PATH` or an absolute device path.
+    pub fn parse(text: &str) -> Result<QgaPath, String> {
+        let (unix, path) = match text.strip_prefix("unix:") {
+            Some(p) => (true, Path::new(p)),
+            None => (false, Path::new(text)),
+        };
+        if !path.is_absolute() {
+            return Err(format!(
+                "{text:?} is not an absolute path (the virtio-serial port, such as {QGA_PORT}, or unix:/run/quiesce/qga.sock)"
+            ));
+        }
+        Ok(if unix {
+            QgaPath::Unix(path.to_path_buf())
+        } else {
+            QgaPath::Port(path.to_path_buf())
+        })
+    }
+}
+
 /// `hooks[].on_failure`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
@@ -184,6 +251,7 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub auth: Auth,
     pub freeze: Freeze,
+    pub qga: Qga,
     /// The hooks of the main file, then those of each drop-in, in order.
     pub hooks: Vec<Hook>,
     /// Where the settings were read from.
@@ -198,6 +266,7 @@ impl Default for Config {
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
             auth: Auth::default(),
             freeze: Freeze::default(),
+            qga: Qga::default(),
             hooks: Vec::new(),
             origin: Origin::default(),
         }
@@ -340,6 +409,7 @@ impl Config {
         let mut config = fragments::parse_main(&src).map_err(|e| ConfigErrors(vec![e]))?;
         let at: Vec<HookAt<'_>> = hooks_at(&config.hooks, &src);
         let mut errors = validate::settings(&config, &src);
+        errors.extend(validate::qga(&config, &src));
         errors.extend(validate::hooks(&at));
         finish(&mut config, &src, true);
         if errors.is_empty() {
@@ -473,6 +543,7 @@ fn load_with(
 
     if let (Some(c), Some(src)) = (&mut config, &main) {
         errors.extend(validate::settings(c, src));
+        errors.extend(validate::qga(c, src));
         finish(c, src, main_read);
         for (src, hooks) in &drop_ins {
             c.origin.files.push(src.file.clone());
@@ -518,6 +589,40 @@ mod tests {
         let e = errors(text);
         assert_eq!(e.len(), 1, "{e:#?}");
         e[0].clone()
+    }
+
+    #[test]
+    fn the_qga_section() {
+        let c = parse(
+            "qga:\n  enabled: true\n  path: unix:/run/quiesce/qga.sock\n  freeze_timeout: 30s\n  \
+             consistency: file_system\n  forward: unix:/run/qemu-ga.sock\n",
+        )
+        .unwrap();
+        assert!(c.qga.enabled);
+        assert_eq!(
+            QgaPath::parse(&c.qga.path),
+            Ok(QgaPath::Unix("/run/quiesce/qga.sock".into()))
+        );
+        assert_eq!(c.qga.freeze_timeout, Duration::from_secs(30));
+        assert_eq!(c.qga.consistency, QgaConsistency::FileSystem);
+        let d = parse("").unwrap().qga;
+        assert_eq!((d.enabled, d.path.as_str()), (false, QGA_PORT));
+        assert_eq!(d.freeze_timeout, Duration::from_secs(60));
+        assert!(one_error("qga:\n  enabled: true\n  paht: x\n")
+            .starts_with("3:3: qga: unknown field `paht`"));
+        assert_eq!(
+            one_error("qga:\n  freeze_timeout: 2m\n"),
+            "2:3: qga.freeze_timeout (2m) is above freeze.max_timeout (1m)"
+        );
+        assert_eq!(
+            one_error("qga: {freeze_timeout: 0s}\n"),
+            "1:7: qga.freeze_timeout must be above 0"
+        );
+        assert!(one_error("qga:\n  path: dev/ttyS0\n")
+            .starts_with("2:3: qga.path: \"dev/ttyS0\" is not an absolute path"));
+        assert!(one_error("qga:\n  forward: /run/qemu-ga.sock\n").starts_with("2:3: qga.forward"));
+        assert!(one_error("qga:\n  consistency: crash\n")
+            .starts_with("2:16: qga.consistency: unknown variant"));
     }
 
     #[test]

@@ -32,11 +32,25 @@ pub struct HookReport {
     pub output: String,
 }
 
+/// The front door a snapshot was ordered through (contract: `"channel"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Channel {
+    /// The HTTP API.
+    #[default]
+    Http,
+    /// The QEMU guest agent protocol.
+    Qga,
+    /// `quiesce freeze` on the command line (its report is printed, never served).
+    Cli,
+}
+
 /// The Snapshot object.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Snapshot {
     pub id: String,
     pub request_id: Option<String>,
+    pub channel: Channel,
     pub state: State,
     pub requested_consistency: Requested,
     pub consistency: Option<Consistency>,

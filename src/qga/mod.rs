@@ -1,0 +1,370 @@
+//! The QEMU guest agent protocol (contract: `qga`): the front door of libvirt, Nova, KubeVirt
+//! and Proxmox. [`protocol`] is the pure core (framing, decoding, replies); this module is the
+//! thin shell around it: the virtio-serial port or a unix socket, the [`Agent`] calls of the
+//! freeze commands, and the relay of every other command to a qemu-ga (`qga.forward`).
+//!
+//! A qga freeze is a snapshot like an HTTP one: created through [`Agent::create_on`] with
+//! channel `qga`, so one snapshot at a time holds across both front doors.
+
+pub mod protocol;
+
+use std::io;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::unix::pipe;
+use tokio::net::{UnixListener, UnixStream};
+
+use crate::agent::{Agent, CreateBody, CreateError, Created, RequestedWire};
+use crate::config::{QgaConsistency, QgaPath};
+use crate::snapshot::lifecycle::State;
+use crate::snapshot::model::{Channel, Snapshot};
+use crate::snapshot::Control;
+use protocol::{Command, Error, Frame, Framer, Reply, Request};
+
+/// How long the port is left alone after the host went away (EOF/HUP), before reading again.
+const PORT_RETRY: Duration = Duration::from_secs(1);
+/// The longest a relayed command may take (qemu-ga's own commands are quick or asynchronous).
+const RELAY_TIMEOUT: Duration = Duration::from_secs(300);
+/// The longest reply of the relayed qemu-ga kept (guest-file-read answers in base64).
+const RELAY_REPLY_LIMIT: u64 = 64 * 1024 * 1024;
+
+/// A bound endpoint, ready to serve.
+pub enum Endpoint {
+    Unix {
+        listener: UnixListener,
+        path: SocketFile,
+    },
+    Port(PathBuf),
+}
+
+/// The unix socket's file, removed when the endpoint goes.
+pub struct SocketFile(PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+impl Endpoint {
+    /// Binds `unix:PATH` (mode 0600, a stale socket replaced) or checks the port can be opened.
+    pub fn bind(path: &QgaPath) -> anyhow::Result<Endpoint> {
+        match path {
+            QgaPath::Unix(p) => {
+                if let Ok(meta) = std::fs::symlink_metadata(p) {
+                    if meta.file_type().is_socket() {
+                        let _ = std::fs::remove_file(p);
+                    }
+                }
+                let listener = UnixListener::bind(p)
+                    .with_context(|| format!("qga.path: cannot listen on unix:{}", p.display()))?;
+                std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600))
+                    .with_context(|| format!("qga.path: chmod 0600 {}", p.display()))?;
+                Ok(Endpoint::Unix {
+                    listener,
+                    path: SocketFile(p.clone()),
+                })
+            }
+            QgaPath::Port(p) => {
+                open_port(p).with_context(|| {
+                    format!(
+                        "qga.path: cannot open {} (is the VM given the org.qemu.guest_agent.0 \
+                         channel, and is qemu-ga stopped or moved to a unix socket?)",
+                        p.display()
+                    )
+                })?;
+                Ok(Endpoint::Port(p.clone()))
+            }
+        }
+    }
+
+    /// Where it serves, for the log.
+    pub fn describe(&self) -> String {
+        match self {
+            Endpoint::Unix { path, .. } => format!("unix:{}", path.0.display()),
+            Endpoint::Port(p) => p.display().to_string(),
+        }
+    }
+
+    /// Serves until the daemon stops.
+    pub async fn serve(self, agent: Arc<Agent>) {
+        match self {
+            Endpoint::Unix {
+                listener,
+                path: _file,
+            } => loop {
+                match listener.accept().await {
+                    Ok((stream, _)) => {
+                        let agent = agent.clone();
+                        tokio::spawn(async move {
+                            if let Err(e) = session(&agent, stream).await {
+                                tracing::debug!("qga: connection ended: {e}");
+                            }
+                        });
+                    }
+                    Err(e) => {
+                        tracing::warn!("qga: accept: {e}");
+                        tokio::time::sleep(PORT_RETRY).await;
+                    }
+                }
+            },
+            Endpoint::Port(path) => loop {
+                // EOF or HUP: no host on the other end. Not an error: keep the port, wait.
+                match open_port(&path) {
+                    Ok(port) => match session(&agent, port).await {
+                        Ok(()) => tracing::debug!("qga: no host connected to the port"),
+                        Err(e) => tracing::warn!("qga: {}: {e}", path.display()),
+                    },
+                    Err(e) => tracing::warn!("qga: cannot open {}: {e}", path.display()),
+                }
+                tokio::time::sleep(PORT_RETRY).await;
+            },
+        }
+    }
+}
+
+/// The virtio-serial port, non-blocking on the runtime: tokio's pipe halves accept any
+/// pollable file when unchecked (one open file, registered twice, for reading and writing).
+type Port = tokio::io::Join<pipe::Receiver, pipe::Sender>;
+
+fn open_port(path: &Path) -> io::Result<Port> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(path)?;
+    let writer = pipe::Sender::from_file_unchecked(file.try_clone()?)?;
+    let reader = pipe::Receiver::from_file_unchecked(file)?;
+    Ok(tokio::io::join(reader, writer))
+}
+
+/// One byte stream: requests in, replies out, one at a time, until EOF.
+async fn session<S: AsyncRead + AsyncWrite + Unpin>(agent: &Agent, mut io: S) -> io::Result<()> {
+    let mut framer = Framer::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = io.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        for frame in framer.push(&buf[..n]) {
+            let reply = handle(agent, &frame).await;
+            io.write_all(&reply).await?;
+        }
+    }
+}
+
+/// True while quiesce holds any mount frozen, whichever channel ordered it.
+fn holds_frozen(agent: &Agent) -> bool {
+    agent
+        .active()
+        .is_some_and(|s| s.mounts.iter().any(|m| m.frozen))
+}
+
+fn frozen_count(s: &Snapshot) -> usize {
+    s.mounts.iter().filter(|m| m.frozen).count()
+}
+
+/// The reply line to one frame.
+async fn handle(agent: &Agent, frame: &Frame) -> Vec<u8> {
+    let (req, cmd) = match protocol::answer_locally(frame, holds_frozen(agent)) {
+        Ok(reply) => return reply.encode(),
+        Err(pair) => pair,
+    };
+    let forward = agent.context().config.qga.forward.clone();
+    let forward = forward.strip_prefix("unix:").map(PathBuf::from);
+    let body = match cmd {
+        None => match &forward {
+            Some(path) => return relay(path, &req).await,
+            None => Err(Error::not_found(&req.execute)),
+        },
+        Some(Command::Info) => {
+            let relayed = match &forward {
+                Some(path) => relayed_commands(path).await,
+                None => Vec::new(),
+            };
+            Ok(protocol::info(env!("CARGO_PKG_VERSION"), &relayed))
+        }
+        Some(Command::FreezeStatus) => Ok(Value::from(if holds_frozen(agent) {
+            "frozen"
+        } else {
+            "thawed"
+        })),
+        Some(Command::Freeze { mountpoints }) => freeze(agent, mountpoints).await,
+        Some(Command::Thaw) => thaw(agent).await,
+        // Answered by the core.
+        Some(Command::Sync { .. } | Command::Ping) => Err(Error::generic("internal error")),
+    };
+    Reply {
+        body,
+        id: req.id.clone(),
+        delimited: false,
+    }
+    .encode()
+}
+
+/// `guest-fsfreeze-freeze(-list)`: a snapshot with channel `qga`, answered once every target
+/// has an outcome.
+async fn freeze(agent: &Agent, mountpoints: Option<Vec<String>>) -> Result<Value, Error> {
+    let q = agent.context().config.qga.clone();
+    let body = CreateBody {
+        consistency: Some(match q.consistency {
+            QgaConsistency::Application => RequestedWire::Application,
+            QgaConsistency::FileSystem => RequestedWire::FileSystem,
+        }),
+        freeze_timeout_ms: Some(q.freeze_timeout.as_millis() as u64),
+        mounts: mountpoints.map(|m| m.into_iter().map(PathBuf::from).collect()),
+        ..Default::default()
+    };
+    let id = match agent.create_on(Channel::Qga, body) {
+        Ok(Created::New(s) | Created::Existing(s)) => s.id,
+        Err(CreateError::Busy { active }) => {
+            return Err(Error::generic(format!(
+                "another snapshot is in progress (id {active}): nothing was frozen"
+            )))
+        }
+        Err(e) => return Err(Error::generic(format!("{e}: nothing was frozen"))),
+    };
+    let Some(mut rx) = agent.watch(&id) else {
+        return Err(Error::generic("the snapshot is gone"));
+    };
+    let reached = rx
+        .wait_for(|s| !matches!(s.state, State::PreHooks | State::Freezing))
+        .await
+        .map(|s| s.clone())
+        .ok();
+    let snap = reached.unwrap_or_else(|| rx.borrow().clone());
+    if snap.state != State::Frozen {
+        let why = if snap.errors.is_empty() {
+            format!(
+                "it is {}",
+                serde_json::to_string(&snap.state).unwrap_or_default()
+            )
+        } else {
+            serde_json::to_string(&snap.errors).unwrap_or_default()
+        };
+        tracing::warn!(snapshot_id = %id, "qga: the freeze failed: {why}");
+        return Err(Error::generic(format!(
+            "the freeze failed (snapshot {id}): {why}; nothing is frozen"
+        )));
+    }
+    let n = frozen_count(&snap);
+    if n == 0 {
+        // The caller sends no thaw after 0 (libvirt): the snapshot ends now, post hooks
+        // included.
+        let _ = agent.control(&id, Control::HostThaw { taken: true }).await;
+    }
+    Ok(Value::from(n))
+}
+
+/// `guest-fsfreeze-thaw`: the host's thaw (`taken`) of the qga snapshot, answered once thawed.
+async fn thaw(agent: &Agent) -> Result<Value, Error> {
+    let Some(active) = agent.active() else {
+        return Ok(Value::from(0));
+    };
+    let n = frozen_count(&active);
+    if active.channel != Channel::Qga {
+        if n == 0 {
+            return Ok(Value::from(0));
+        }
+        return Err(Error::generic(format!(
+            "the mounts are frozen by snapshot {} ordered over {}: its host thaws it",
+            active.id,
+            serde_json::to_string(&active.channel).unwrap_or_default()
+        )));
+    }
+    if active.state != State::Frozen {
+        return Ok(Value::from(0));
+    }
+    match agent
+        .control(&active.id, Control::HostThaw { taken: true })
+        .await
+    {
+        Ok(_) => Ok(Value::from(n)),
+        // The deadline (or a stop) came first: nothing is frozen.
+        Err(_) => Ok(Value::from(0)),
+    }
+}
+
+/// Relays one request to the qemu-ga at `path`; its reply, re-encoded as one compact line.
+async fn relay(path: &Path, req: &Request) -> Vec<u8> {
+    let mut msg = serde_json::Map::new();
+    msg.insert("execute".into(), Value::String(req.execute.clone()));
+    if !req.arguments.is_empty() {
+        msg.insert("arguments".into(), Value::Object(req.arguments.clone()));
+    }
+    if let Some(id) = &req.id {
+        msg.insert("id".into(), id.clone());
+    }
+    let exchange = async {
+        let mut s = UnixStream::connect(path).await?;
+        let mut line = serde_json::to_vec(&Value::Object(msg))?;
+        line.push(b'\n');
+        s.write_all(&line).await?;
+        let mut reader = tokio::io::BufReader::new(s).take(RELAY_REPLY_LIMIT);
+        let mut reply = Vec::new();
+        reader.read_until(b'\n', &mut reply).await?;
+        let v: Value = serde_json::from_slice(&reply)?;
+        io::Result::Ok(v)
+    };
+    match tokio::time::timeout(RELAY_TIMEOUT, exchange).await {
+        Ok(Ok(Value::Object(mut reply))) => {
+            // Re-encoded so that the host sees one compact line like every other reply.
+            if let (Some(id), false) = (&req.id, reply.contains_key("id")) {
+                reply.insert("id".into(), id.clone());
+            }
+            let mut out = serde_json::to_vec(&Value::Object(reply)).unwrap_or_default();
+            out.push(b'\n');
+            out
+        }
+        Ok(Ok(_)) => Reply::err(
+            req,
+            Error::generic("the relayed qemu-ga answered no object"),
+        )
+        .encode(),
+        Ok(Err(e)) => {
+            tracing::warn!("qga: relaying {} to {}: {e}", req.execute, path.display());
+            Reply::err(
+                req,
+                Error::generic(format!(
+                    "cannot relay {} to the qemu-ga at unix:{}: {e}",
+                    req.execute,
+                    path.display()
+                )),
+            )
+            .encode()
+        }
+        Err(_) => Reply::err(
+            req,
+            Error::generic(format!(
+                "the qemu-ga at unix:{} did not answer {} within {}",
+                path.display(),
+                req.execute,
+                crate::duration::format(RELAY_TIMEOUT)
+            )),
+        )
+        .encode(),
+    }
+}
+
+/// The commands of the relayed qemu-ga (for `guest-info`); none when it does not answer.
+async fn relayed_commands(path: &Path) -> Vec<Value> {
+    let req = Request {
+        execute: "guest-info".into(),
+        arguments: serde_json::Map::new(),
+        id: None,
+    };
+    let line = tokio::time::timeout(Duration::from_secs(5), relay(path, &req))
+        .await
+        .unwrap_or_default();
+    serde_json::from_slice::<Value>(&line)
+        .ok()
+        .and_then(|v| v["return"]["supported_commands"].as_array().cloned())
+        .unwrap_or_default()
+}
