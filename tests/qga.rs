@@ -841,3 +841,84 @@ fn check_config_shows_the_qga_section() {
         "{text}"
     );
 }
+
+/// The port path (a character device, not a socket) on a pseudo-terminal in raw mode: python
+/// holds the master and relays it to its stdin and stdout. The virtio-serial port itself needs
+/// a VM.
+#[test]
+fn a_character_device_path_is_served_like_the_port() {
+    require_root();
+    let relay = r#"
+import os, select, sys, tty
+master, slave = os.openpty()
+tty.setraw(slave)
+print(os.ttyname(slave), flush=True)
+out = sys.stdout.buffer
+while True:
+    r, _, _ = select.select([0, master], [], [])
+    if 0 in r:
+        data = os.read(0, 65536)
+        if not data:
+            break
+        os.write(master, data)
+    if master in r:
+        out.write(os.read(master, 65536))
+        out.flush()
+"#;
+    let mut py = Command::new("python3")
+        .args(["-c", relay])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = py.stdout.take().unwrap();
+    let mut name = Vec::new();
+    let mut byte = [0u8; 1];
+    while stdout.read(&mut byte).unwrap() == 1 && byte[0] != b'\n' {
+        name.push(byte[0]);
+    }
+    let name = String::from_utf8(name).unwrap();
+    let s = scene("30s", "[]");
+    let mut text = fs::read_to_string(&s.config).unwrap();
+    text.push_str(&format!("qga:\n  enabled: true\n  path: {name}\n"));
+    fs::write(&s.config, text).unwrap();
+    let d = Daemon::start(&s.config);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut stdin = py.stdin.take().unwrap();
+    let mut call = |req: &[u8]| -> Vec<u8> {
+        stdin.write_all(req).unwrap();
+        stdin.flush().unwrap();
+        let mut got = Vec::new();
+        while !got.ends_with(b"\n") {
+            got.extend(
+                rx.recv_timeout(Duration::from_secs(10))
+                    .expect("a reply on the port"),
+            );
+        }
+        got
+    };
+    assert_eq!(
+        call(b"{\"execute\":\"guest-sync-delimited\",\"arguments\":{\"id\":3}}"),
+        b"\xff{\"return\":3}\n"
+    );
+    assert_eq!(
+        call(b"{\"execute\":\"guest-fsfreeze-freeze\"}"),
+        b"{\"return\":1}\n"
+    );
+    assert!(is_frozen(&s.fs.mount));
+    assert_eq!(
+        call(b"{\"execute\":\"guest-fsfreeze-thaw\"}"),
+        b"{\"return\":1}\n"
+    );
+    assert_eq!(snapshots(&d)[0]["channel"], "qga");
+    drop(stdin);
+    stop_child(&mut py, Some("TERM"), Duration::from_secs(5));
+}

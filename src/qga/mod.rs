@@ -53,7 +53,7 @@ impl Drop for SocketFile {
 }
 
 impl Endpoint {
-    /// Binds `unix:PATH` (mode 0600, a stale socket replaced) or checks the port can be opened.
+    /// Binds `unix:PATH` (mode 0600, a stale socket replaced); the port is opened by `serve`.
     pub fn bind(path: &QgaPath) -> anyhow::Result<Endpoint> {
         match path {
             QgaPath::Unix(p) => {
@@ -71,16 +71,9 @@ impl Endpoint {
                     path: SocketFile(p.clone()),
                 })
             }
-            QgaPath::Port(p) => {
-                open_port(p).with_context(|| {
-                    format!(
-                        "qga.path: cannot open {} (is the VM given the org.qemu.guest_agent.0 \
-                         channel, and is qemu-ga stopped or moved to a unix socket?)",
-                        p.display()
-                    )
-                })?;
-                Ok(Endpoint::Port(p.clone()))
-            }
+            // Not opened here: the port may appear later (hotplug) or be held by a qemu-ga that
+            // is being stopped; `serve` opens it and keeps trying.
+            QgaPath::Port(p) => Ok(Endpoint::Port(p.clone())),
         }
     }
 
@@ -114,17 +107,34 @@ impl Endpoint {
                     }
                 }
             },
-            Endpoint::Port(path) => loop {
-                // EOF or HUP: no host on the other end. Not an error: keep the port, wait.
-                match open_port(&path) {
-                    Ok(port) => match session(&agent, port).await {
-                        Ok(()) => tracing::debug!("qga: no host connected to the port"),
-                        Err(e) => tracing::warn!("qga: {}: {e}", path.display()),
-                    },
-                    Err(e) => tracing::warn!("qga: cannot open {}: {e}", path.display()),
+            Endpoint::Port(path) => {
+                // Said once until the port opens again, not every second.
+                let mut warned = false;
+                loop {
+                    // EOF or HUP: no host on the other end. Not an error: keep the port, wait.
+                    match open_port(&path) {
+                        Ok(port) => {
+                            warned = false;
+                            match session(&agent, port).await {
+                                Ok(()) => tracing::debug!("qga: no host connected to the port"),
+                                Err(e) => tracing::warn!("qga: {}: {e}", path.display()),
+                            }
+                        }
+                        Err(e) if !warned => {
+                            warned = true;
+                            tracing::warn!(
+                                "qga: cannot open {} ({e}); trying again every {}: does the VM \
+                                 have the org.qemu.guest_agent.0 channel, and is qemu-ga off \
+                                 the port (docs/qga.md)?",
+                                path.display(),
+                                crate::duration::format(PORT_RETRY)
+                            );
+                        }
+                        Err(_) => {}
+                    }
+                    tokio::time::sleep(PORT_RETRY).await;
                 }
-                tokio::time::sleep(PORT_RETRY).await;
-            },
+            }
         }
     }
 }
