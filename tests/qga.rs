@@ -922,3 +922,28 @@ while True:
     drop(stdin);
     stop_child(&mut py, Some("TERM"), Duration::from_secs(5));
 }
+
+#[test]
+fn a_reload_applies_the_qga_deadline_and_keeps_the_socket() {
+    require_root();
+    let (s, sock) = qga_scene("[]", "  freeze_timeout: 30s\n");
+    let mut d = Daemon::start(&s.config);
+    let text = fs::read_to_string(&s.config)
+        .unwrap()
+        .replace("freeze_timeout: 30s", "freeze_timeout: 1s")
+        .replace("qga.sock", "other.sock");
+    fs::write(&s.config, text).unwrap();
+    d.signal("HUP");
+    d.wait_log("qga.enabled and qga.path stay", Duration::from_secs(10));
+    d.wait_log("configuration reloaded", Duration::from_secs(10));
+    let mut q = Qga::connect(&sock);
+    assert_eq!(
+        q.call("{\"execute\":\"guest-fsfreeze-freeze\"}"),
+        json!({"return": 1})
+    );
+    let id = snapshots(&d)[0]["id"].as_str().unwrap().to_string();
+    let done = wait_done(&d, &id);
+    assert_eq!(done["thaw_reason"], "deadline", "{done}");
+    assert!(done["frozen_ms"].as_u64().unwrap() < 5000, "{done}");
+    assert!(!s.dir.path().join("other.sock").exists());
+}
