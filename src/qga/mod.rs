@@ -378,3 +378,135 @@ async fn relayed_commands(path: &Path) -> Vec<Value> {
         .and_then(|v| v["return"]["supported_commands"].as_array().cloned())
         .unwrap_or_default()
 }
+
+/// The shell in-process: a session over an in-memory stream, the Agent on the fakes of the
+/// freezer and the hook runner (no root, no mounts).
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use serde_json::json;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, DuplexStream};
+
+    use super::*;
+    use crate::config::Config;
+    use crate::snapshot::fakes::{self, FakeFreezers, FakeHooks};
+    use crate::snapshot::Context;
+
+    struct Scene {
+        agent: Arc<Agent>,
+        freezers: Arc<FakeFreezers>,
+        hooks: Arc<FakeHooks>,
+        host: BufReader<DuplexStream>,
+    }
+
+    fn scene(extra_yaml: &str) -> Scene {
+        let text = format!(
+            "state_dir: /run/quiesce-test\nauth: {{mode: hmac, key_file: /etc/quiesce/host.key}}\n\
+             qga: {{enabled: true, path: unix:/run/q.sock}}\n{extra_yaml}"
+        );
+        let config = Config::parse(Path::new("/etc/quiesce/config.yaml"), &text).unwrap();
+        let ctx = Context {
+            config: Arc::new(config),
+            exe: "/nonexistent/quiesce".into(),
+            callback_key: None,
+        };
+        let hooks = Arc::new(FakeHooks::default());
+        let freezers = FakeFreezers::new(&["/data", "/logs"]);
+        let agent = Agent::with_ports(ctx, fakes::ports(&hooks, &freezers));
+        let (host, guest) = tokio::io::duplex(1 << 20);
+        let a = agent.clone();
+        tokio::spawn(async move { session(&a, guest).await });
+        Scene {
+            agent,
+            freezers,
+            hooks,
+            host: BufReader::new(host),
+        }
+    }
+
+    impl Scene {
+        async fn call(&mut self, req: &str) -> Value {
+            self.host.get_mut().write_all(req.as_bytes()).await.unwrap();
+            let mut line = String::new();
+            self.host.read_line(&mut line).await.unwrap();
+            serde_json::from_str(&line).unwrap()
+        }
+    }
+
+    #[tokio::test]
+    async fn freeze_and_thaw_are_a_qga_snapshot() {
+        let mut s = scene("");
+        assert_eq!(
+            s.call(r#"{"execute":"guest-fsfreeze-freeze"}"#).await,
+            json!({"return": 2})
+        );
+        let snap = s.agent.active().unwrap();
+        assert_eq!((snap.channel, snap.state), (Channel::Qga, State::Frozen));
+        assert_eq!(
+            s.call(r#"{"execute":"guest-fsfreeze-status"}"#).await,
+            json!({"return": "frozen"})
+        );
+        assert_eq!(
+            s.call(r#"{"execute":"guest-fsfreeze-thaw","id":1}"#).await,
+            json!({"return": 2, "id": 1})
+        );
+        let rx = s.agent.watch(&snap.id).unwrap();
+        let end = crate::agent::wait_until(rx, Duration::from_secs(10), |s| s.state.is_end()).await;
+        assert_eq!(end.state, State::Succeeded);
+        assert_eq!(
+            s.call(r#"{"execute":"guest-fsfreeze-thaw"}"#).await,
+            json!({"return": 0})
+        );
+    }
+
+    #[tokio::test]
+    async fn a_pre_hook_that_aborts_is_an_error_and_nothing_is_frozen() {
+        let mut s =
+            scene("hooks: [{name: db, pre: [/bin/db], post: [/bin/db], on_failure: abort}]\n");
+        s.hooks
+            .set("db", crate::hooks::Phase::Pre, 1, Duration::ZERO);
+        let r = s.call(r#"{"execute":"guest-fsfreeze-freeze"}"#).await;
+        assert_eq!(r["error"]["class"], "GenericError", "{r}");
+        assert!(s.freezers.records().is_empty());
+        assert_eq!(
+            s.call(r#"{"execute":"guest-fsfreeze-status"}"#).await,
+            json!({"return": "thawed"})
+        );
+    }
+
+    #[tokio::test]
+    async fn an_http_snapshot_is_its_own_host_s_to_thaw() {
+        let mut s = scene("");
+        let created = s.agent.create(CreateBody::default()).unwrap();
+        let Created::New(snap) = created else {
+            panic!("new")
+        };
+        let rx = s.agent.watch(&snap.id).unwrap();
+        crate::agent::wait_until(rx, Duration::from_secs(10), crate::agent::reached_frozen).await;
+        let r = s.call(r#"{"execute":"guest-fsfreeze-thaw"}"#).await;
+        assert_eq!(r["error"]["class"], "GenericError", "{r}");
+        assert_eq!(s.agent.active().unwrap().state, State::Frozen);
+        // A freeze is refused by the frozen mode; relayed commands too.
+        let r = s.call(r#"{"execute":"guest-fsfreeze-freeze"}"#).await;
+        assert_eq!(r["error"]["class"], "CommandNotFound", "{r}");
+        s.agent.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn freeze_list_of_a_non_candidate_changes_nothing() {
+        let mut s = scene("");
+        let r = s
+            .call(r#"{"execute":"guest-fsfreeze-freeze-list","arguments":{"mountpoints":["/data","/nope"]}}"#)
+            .await;
+        assert_eq!(r["error"]["class"], "GenericError", "{r}");
+        assert!(s.agent.list().is_empty());
+        assert_eq!(
+            s.call(
+                r#"{"execute":"guest-fsfreeze-freeze-list","arguments":{"mountpoints":["/logs"]}}"#
+            )
+            .await,
+            json!({"return": 1})
+        );
+    }
+}
