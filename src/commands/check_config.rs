@@ -68,7 +68,7 @@ fn print_settings(config: &Config) {
         println!(
             "qga: {} (freeze_timeout {}, consistency {}, forward {})",
             q.path,
-            crate::duration::format(q.freeze_timeout),
+            crate::duration::format(config.qga_freeze_timeout()),
             match q.consistency {
                 crate::config::QgaConsistency::Application => "application",
                 crate::config::QgaConsistency::FileSystem => "file_system",

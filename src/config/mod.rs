@@ -109,8 +109,9 @@ pub struct Qga {
     pub enabled: bool,
     /// The virtio-serial port, or `unix:PATH` for a listening unix socket.
     pub path: String,
-    #[serde(deserialize_with = "duration_value")]
-    pub freeze_timeout: Duration,
+    /// As written; [`Config::qga_freeze_timeout`] is the one in force.
+    #[serde(deserialize_with = "some_duration_value")]
+    pub freeze_timeout: Option<Duration>,
     pub consistency: QgaConsistency,
     /// `unix:PATH` of a qemu-ga to relay the other commands to; empty: none.
     pub forward: String,
@@ -133,7 +134,7 @@ impl Default for Qga {
         Qga {
             enabled: false,
             path: QGA_PORT.into(),
-            freeze_timeout: Duration::from_secs(60),
+            freeze_timeout: None,
             consistency: QgaConsistency::Application,
             forward: String::new(),
         }
@@ -238,6 +239,16 @@ fn duration_value<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D:
     }
     d.deserialize_str(V)
 }
+
+/// [`duration_value`] for an optional key.
+fn some_duration_value<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Duration>, D::Error> {
+    duration_value(d).map(Some)
+}
+
+/// `qga.freeze_timeout` when it is not set: 60s, or `freeze.max_timeout` when that is lower.
+pub const QGA_FREEZE_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn default_hook_timeout() -> Duration {
     Duration::from_secs(30)
@@ -436,6 +447,14 @@ impl Config {
         Listen::parse(&self.listen)
     }
 
+    /// The deadline of a freeze ordered over qga: `qga.freeze_timeout`, else 60s capped at
+    /// `freeze.max_timeout` (so that lowering `max_timeout` alone keeps a valid config).
+    pub fn qga_freeze_timeout(&self) -> Duration {
+        self.qga
+            .freeze_timeout
+            .unwrap_or(QGA_FREEZE_TIMEOUT.min(self.freeze.max_timeout))
+    }
+
     /// The selection rules of the freeze section.
     pub fn rules(&self) -> crate::freezer::select::Rules {
         crate::freezer::select::Rules {
@@ -603,11 +622,17 @@ mod tests {
             QgaPath::parse(&c.qga.path),
             Ok(QgaPath::Unix("/run/quiesce/qga.sock".into()))
         );
-        assert_eq!(c.qga.freeze_timeout, Duration::from_secs(30));
+        assert_eq!(c.qga_freeze_timeout(), Duration::from_secs(30));
         assert_eq!(c.qga.consistency, QgaConsistency::FileSystem);
         let d = parse("").unwrap().qga;
         assert_eq!((d.enabled, d.path.as_str()), (false, QGA_PORT));
-        assert_eq!(d.freeze_timeout, Duration::from_secs(60));
+        assert_eq!(
+            parse("").unwrap().qga_freeze_timeout(),
+            Duration::from_secs(60)
+        );
+        // Unset, it follows a lower max_timeout.
+        let low = parse("freeze: {max_timeout: 20s, timeout: 5s}\nqga: {enabled: true}\n").unwrap();
+        assert_eq!(low.qga_freeze_timeout(), Duration::from_secs(20));
         assert!(one_error("qga:\n  enabled: true\n  paht: x\n")
             .starts_with("3:3: qga: unknown field `paht`"));
         assert_eq!(

@@ -120,14 +120,17 @@ pub fn qga(c: &Config, src: &Source) -> Vec<ConfigError> {
         }
     }
     let at = [Key("qga"), Key("freeze_timeout")];
-    if q.freeze_timeout.is_zero() {
+    let Some(timeout) = q.freeze_timeout else {
+        return errors;
+    };
+    if timeout.is_zero() {
         errors.push(src.error(&at, "qga.freeze_timeout must be above 0"));
-    } else if q.freeze_timeout > c.freeze.max_timeout {
+    } else if timeout > c.freeze.max_timeout {
         errors.push(src.error(
             &at,
             format!(
                 "qga.freeze_timeout ({}) is above freeze.max_timeout ({})",
-                crate::duration::format(q.freeze_timeout),
+                crate::duration::format(timeout),
                 crate::duration::format(c.freeze.max_timeout)
             ),
         ));

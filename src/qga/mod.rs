@@ -222,13 +222,14 @@ async fn handle(agent: &Agent, frame: &Frame) -> Vec<u8> {
 /// `guest-fsfreeze-freeze(-list)`: a snapshot with channel `qga`, answered once every target
 /// has an outcome.
 async fn freeze(agent: &Agent, mountpoints: Option<Vec<String>>) -> Result<Value, Error> {
-    let q = agent.context().config.qga.clone();
+    let config = agent.context().config;
+    let q = &config.qga;
     let body = CreateBody {
         consistency: Some(match q.consistency {
             QgaConsistency::Application => RequestedWire::Application,
             QgaConsistency::FileSystem => RequestedWire::FileSystem,
         }),
-        freeze_timeout_ms: Some(q.freeze_timeout.as_millis() as u64),
+        freeze_timeout_ms: Some(config.qga_freeze_timeout().as_millis() as u64),
         mounts: mountpoints.map(|m| m.into_iter().map(PathBuf::from).collect()),
         ..Default::default()
     };
