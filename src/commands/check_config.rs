@@ -63,6 +63,7 @@ fn print_settings(config: &Config) {
         ),
         AuthMode::None => println!("listen: {} (auth none)", config.listen),
     }
+    // Only when enabled: a config without qga prints what it printed before.
     let q = &config.qga;
     if q.enabled {
         println!(
@@ -79,8 +80,6 @@ fn print_settings(config: &Config) {
                 &q.forward
             }
         );
-    } else {
-        println!("qga: disabled");
     }
     println!("hooks, in order (post hooks run in reverse):");
     if config.hooks.is_empty() {
