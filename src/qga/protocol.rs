@@ -685,4 +685,60 @@ mod tests {
         assert_eq!(names.last(), Some(&"guest-get-osinfo"));
         assert!(v["supported_commands"][5]["enabled"].as_bool().unwrap());
     }
+
+    /// A small deterministic generator (splitmix64): random streams without a dependency.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut x = self.0;
+            x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            x ^ (x >> 31)
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    /// Random streams of the bytes that matter (brackets, quotes, escapes, 0xFF, spaces,
+    /// letters), some long enough to pass the limit: however they are cut into writes, the
+    /// frames are the same, the buffer stays bounded, and every frame gets exactly one reply
+    /// line.
+    #[test]
+    fn framing_does_not_depend_on_how_the_stream_is_cut() {
+        const ALPHABET: &[u8] = b"{}[]\"\\\xff :,ax1\n";
+        let mut rng = Rng(7);
+        for round in 0..300 {
+            let len = if round % 50 == 0 {
+                3 * MAX_REQUEST
+            } else {
+                rng.below(400)
+            };
+            let stream: Vec<u8> = (0..len)
+                .map(|_| ALPHABET[rng.below(ALPHABET.len())])
+                .collect();
+            let whole = Framer::new().push(&stream);
+            let mut f = Framer::new();
+            let mut cut = Vec::new();
+            let mut rest = &stream[..];
+            while !rest.is_empty() {
+                let n = 1 + rng.below(rest.len().min(5000));
+                cut.extend(f.push(&rest[..n]));
+                assert!(f.buf.len() <= MAX_REQUEST);
+                rest = &rest[n..];
+            }
+            assert_eq!(cut, whole, "round {round}");
+            for frame in &whole {
+                let line = match answer_locally(frame, round % 2 == 0) {
+                    Ok(reply) => reply.encode(),
+                    Err((req, _)) => Reply::ok(&req, Value::Null).encode(),
+                };
+                let body = line.strip_prefix(&[DELIMITER][..]).unwrap_or(&line);
+                assert_eq!(body.iter().filter(|&&b| b == b'\n').count(), 1);
+                assert!(body.ends_with(b"}\n"));
+                assert!(!body.contains(&DELIMITER));
+            }
+        }
+    }
 }
