@@ -947,3 +947,36 @@ fn a_reload_applies_the_qga_deadline_and_keeps_the_socket() {
     assert!(done["frozen_ms"].as_u64().unwrap() < 5000, "{done}");
     assert!(!s.dir.path().join("other.sock").exists());
 }
+
+#[test]
+fn only_root_may_talk_on_the_unix_socket() {
+    require_root();
+    let (s, sock) = qga_scene("[]", "");
+    let _d = Daemon::start(&s.config);
+    let script = format!(
+        "import socket,sys\ns=socket.socket(socket.AF_UNIX)\ntry:\n s.connect({:?})\nexcept PermissionError:\n print('denied'); sys.exit(0)\nimport time\ntime.sleep(0.2)\ntry:\n s.sendall(b'{{\"execute\":\"guest-ping\"}}')\n s.settimeout(5)\n print('closed' if s.recv(100) == b'' else 'answered')\nexcept (BrokenPipeError, ConnectionResetError):\n print('closed')\n",
+        sock.display().to_string()
+    );
+    let as_nobody = |script: &str| {
+        let out = Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "/usr/bin/python3",
+                "-c",
+                script,
+            ])
+            .output()
+            .unwrap();
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout).trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )
+    };
+    // Mode 0600 keeps others out; with the mode opened, the peer check still does.
+    assert_eq!(as_nobody(&script), "denied");
+    fs::set_permissions(&sock, fs::Permissions::from_mode(0o666)).unwrap();
+    assert_eq!(as_nobody(&script), "closed");
+}

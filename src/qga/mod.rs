@@ -94,6 +94,21 @@ impl Endpoint {
             } => loop {
                 match listener.accept().await {
                     Ok((stream, _)) => {
+                        // Root's alone: mode 0600, and the peer checked too (as the HTTP
+                        // API's unix socket does).
+                        match stream.peer_cred() {
+                            Ok(c) if c.uid() == 0 => {}
+                            Ok(c) => {
+                                tracing::warn!("qga: refused a connection from uid {}", c.uid());
+                                continue;
+                            }
+                            Err(e) => {
+                                tracing::warn!(
+                                    "qga: refused a connection: no peer credentials: {e}"
+                                );
+                                continue;
+                            }
+                        }
                         let agent = agent.clone();
                         tokio::spawn(async move {
                             if let Err(e) = session(&agent, stream).await {
