@@ -980,3 +980,38 @@ fn only_root_may_talk_on_the_unix_socket() {
     fs::set_permissions(&sock, fs::Permissions::from_mode(0o666)).unwrap();
     assert_eq!(as_nobody(&script), "closed");
 }
+
+/// The shipped drop-in of setup (b), on Debian's own qemu-guest-agent.service.
+#[test]
+fn the_qemu_ga_drop_in_verifies() {
+    let unit = Path::new("/lib/systemd/system/qemu-guest-agent.service");
+    assert!(
+        unit.exists(),
+        "apt-get install qemu-guest-agent (its service is not started)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("qemu-guest-agent.service.d");
+    fs::create_dir(&d).unwrap();
+    fs::copy(unit, dir.path().join("qemu-guest-agent.service")).unwrap();
+    fs::copy(
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/systemd/qemu-guest-agent-forward.conf"
+        ),
+        d.join("quiesce-forward.conf"),
+    )
+    .unwrap();
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--man=no", "qemu-guest-agent.service"])
+        .env("SYSTEMD_UNIT_PATH", format!("{}:", dir.path().display()))
+        .env("SYSTEMD_LOG_LEVEL", "warning")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && !err.contains("quiesce-forward"),
+        "{err}"
+    );
+    let text = fs::read_to_string(d.join("quiesce-forward.conf")).unwrap();
+    assert!(text.contains("-m unix-listen -p /run/qemu-ga/qga.sock"));
+}
