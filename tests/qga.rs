@@ -691,6 +691,7 @@ fn scripts() -> Vec<(&'static str, Vec<&'static [u8]>)> {
         ("malformed", vec![b"{\"execute\":}"]),
         ("garbage", vec![b"hello\n"]),
         ("number", vec![b"123\n"]),
+        ("string with brackets", vec![b"\"a {b\"\n"]),
         ("array", vec![b"[1,2]"]),
         ("unexpected member", vec![b"{\"foo\":1}"]),
         ("execute not a string", vec![b"{\"execute\":1}"]),

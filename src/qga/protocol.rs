@@ -66,6 +66,17 @@ impl Framer {
                 continue;
             }
             if self.stray {
+                // A string outside brackets (`"a b{"`) is one token, as qemu's lexer reads it.
+                if self.in_string {
+                    self.keep(b, &mut out);
+                    self.string_byte(b);
+                    continue;
+                }
+                if b == b'"' {
+                    self.keep(b, &mut out);
+                    self.in_string = true;
+                    continue;
+                }
                 if b.is_ascii_whitespace() || b == b'{' || b == b'[' {
                     self.stray = false;
                     if self.skipping {
@@ -90,6 +101,7 @@ impl Framer {
                     _ if b.is_ascii_whitespace() => {}
                     _ => {
                         self.stray = true;
+                        self.in_string = b == b'"';
                         self.keep(b, &mut out);
                     }
                 }
@@ -97,13 +109,7 @@ impl Framer {
             }
             self.keep(b, &mut out);
             if self.in_string {
-                if self.escaped {
-                    self.escaped = false;
-                } else if b == b'\\' {
-                    self.escaped = true;
-                } else if b == b'"' {
-                    self.in_string = false;
-                }
+                self.string_byte(b);
                 continue;
             }
             match b {
@@ -123,6 +129,17 @@ impl Framer {
             }
         }
         out
+    }
+
+    /// Follows a byte inside a string: escapes, and the closing quote.
+    fn string_byte(&mut self, b: u8) {
+        if self.escaped {
+            self.escaped = false;
+        } else if b == b'\\' {
+            self.escaped = true;
+        } else if b == b'"' {
+            self.in_string = false;
+        }
     }
 
     /// Stores a byte of the current request, or skips it past the limit.
@@ -534,6 +551,10 @@ mod tests {
             [req("hello"), req("123"), req("{}")]
         );
         assert_eq!(frames(&[b"abc{}"]), [req("abc"), req("{}")]);
+        assert_eq!(
+            frames(&[b"\"a {\\\" b\" {}"]),
+            [req("\"a {\\\" b\""), req("{}")]
+        );
     }
 
     #[test]
