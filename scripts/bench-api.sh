@@ -35,7 +35,8 @@ export LC_ALL=C
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BENCH="$REPO/scripts/bench"
-QUIESCE="${QUIESCE:-$REPO/target/release/quiesce}"
+# Where cargo put the release build (CARGO_TARGET_DIR honoured).
+QUIESCE="${QUIESCE:-$("$REPO/scripts/cargo-target-dir.sh")/release/quiesce}"
 RUNS=20            # runs of each timed measurement
 IDLE=10            # seconds of each idle window (CPU, wakeups)
 PROBES=3           # snapshots during which the watchdog is read

@@ -21,7 +21,8 @@ export LC_ALL=C
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BENCH="$REPO/scripts/bench"
-QUIESCE="${QUIESCE:-$REPO/target/release/quiesce}"
+# Where cargo put the release build (CARGO_TARGET_DIR honoured).
+QUIESCE="${QUIESCE:-$("$REPO/scripts/cargo-target-dir.sh")/release/quiesce}"
 CYCLES=1000
 CHECK_EVERY=100
 IDLE=60

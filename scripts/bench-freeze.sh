@@ -28,7 +28,8 @@ export LC_ALL=C
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BENCH="$REPO/scripts/bench"
-QUIESCE="${QUIESCE:-$REPO/target/release/quiesce}"
+# Where cargo put the release build (CARGO_TARGET_DIR honoured).
+QUIESCE="${QUIESCE:-$("$REPO/scripts/cargo-target-dir.sh")/release/quiesce}"
 RUNS=20            # part 1: runs per measurement
 STALL_RUNS=5       # part 2: runs per variant (with / without pre-flush), alternating
 DIRTY_MIB=256      # part 2: dirty data written right before the freeze

@@ -62,9 +62,8 @@ unshare -m --propagation private /bin/bash "$work/inner.sh" &
 ga_pid=$!
 ga_sock=/proc/$ga_pid/root/run/ga.sock
 
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 cat > "$work/config.yaml" <<EOF
-listen: 127.0.0.1:$port
+listen: unix:$work/api.sock
 state_dir: $work/state
 auth: {mode: none}
 freeze: {include_mounts: [$work/data]}

@@ -8,23 +8,30 @@
 # daemon (auth none on loopback, restricted to them) and qemu-ga on a unix socket (no fsfreeze
 # hook), and runs R rounds for each dirty-data size (default 0 and 256 MiB) with a hold of H ms.
 # Prints a markdown table (median and min-max per freezer), with --markdown FILE also into FILE,
-# and keeps the raw JSON lines with --keep FILE.
+# and keeps the raw JSON lines with --keep FILE. Draws the comparison as PNG charts into
+# --charts DIR (default ./bench-stall-charts; scripts/bench/stall_charts.py, with gnuplot): the
+# longest stall per freezer and dirty size and, when --mounts lists several counts (e.g.
+# --mounts "2 4 8": each count in turn, on the first K of the filesystems), against the number
+# of filesystems. The charts can be drawn again from --keep files: stall_charts.py DIR FILE...
 #
 # qemu-ga's guest-fsfreeze-thaw thaws every frozen mount of the machine: run nothing else that
 # freezes meanwhile. Safety: only the loop mounts made here are ever frozen (never /, /work or
 # /tmp); the EXIT trap stops the daemon and qemu-ga, thaws, unmounts and detaches our devices.
-# Needs root; installs qemu-guest-agent and xfsprogs when missing (--no-install to skip).
+# Needs root; installs qemu-guest-agent, xfsprogs and gnuplot-nox when missing (--no-install to
+# skip).
 #
-# Usage: sudo scripts/bench-stall.sh [--mounts K] [--runs R] [--dirty-mib "0 256"] [--hold-ms H]
-#                                    [--freezers quiesce,fsfreeze,qga,floor] [--quiesce PATH]
-#                                    [--markdown FILE] [--keep FILE] [--no-install]
+# Usage: sudo scripts/bench-stall.sh [--mounts "K..."] [--runs R] [--dirty-mib "0 256"]
+#                                    [--hold-ms H] [--freezers quiesce,fsfreeze,qga,floor]
+#                                    [--quiesce PATH] [--markdown FILE] [--keep FILE]
+#                                    [--charts DIR | --no-charts] [--no-install]
 set -euo pipefail
 export LC_ALL=C
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BENCH="$REPO/scripts/bench"
-QUIESCE="${QUIESCE:-$REPO/target/release/quiesce}"
-K=4
+# Where cargo put the release build (CARGO_TARGET_DIR honoured).
+QUIESCE="${QUIESCE:-$("$REPO/scripts/cargo-target-dir.sh")/release/quiesce}"
+K_LIST=4
 RUNS=7
 DIRTY="0 256"
 HOLD=0
@@ -34,6 +41,7 @@ IMG_MIB=1024
 MARKDOWN=""
 KEEP=""
 INSTALL=1
+CHARTS=$(realpath -m -- bench-stall-charts)
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
 die() { echo "bench-stall: $*" >&2; exit 1; }
@@ -41,7 +49,7 @@ say() { echo "==> $*" >&2; }
 
 while (($#)); do
     case $1 in
-        --mounts) K=${2:?}; shift 2 ;;
+        --mounts) K_LIST=${2:?}; shift 2 ;;
         --runs) RUNS=${2:?}; shift 2 ;;
         --dirty-mib) DIRTY=${2:?}; shift 2 ;;
         --hold-ms) HOLD=${2:?}; shift 2 ;;
@@ -49,19 +57,30 @@ while (($#)); do
         --quiesce) QUIESCE=${2:?}; shift 2 ;;
         --markdown) MARKDOWN=$(realpath -m -- "${2:?}"); shift 2 ;;
         --keep) KEEP=$(realpath -m -- "${2:?}"); shift 2 ;;
+        --charts) CHARTS=$(realpath -m -- "${2:?}"); shift 2 ;;
+        --no-charts) CHARTS=""; shift ;;
         --no-install) INSTALL=0; shift ;;
         -h|--help) usage; exit 0 ;;
         *) usage >&2; exit 2 ;;
     esac
 done
 [[ $EUID -eq 0 ]] || die "must run as root (loop devices, FIFREEZE): sudo $0"
+# The largest count is made; each count in turn freezes the first K of them.
+K=0
+for k in $K_LIST; do
+    [[ $k =~ ^[1-9][0-9]*$ ]] || die "--mounts takes counts of filesystems, e.g. \"4\" or \"2 4 8\": $k"
+    ((k > K)) && K=$k
+done
+((K > 0)) || die "--mounts: no count given"
 [[ -x $QUIESCE ]] || die "no quiesce binary at $QUIESCE: run 'cargo build --release' first"
 QUIESCE=$(realpath -- "$QUIESCE")
 need=()
 command -v mkfs.xfs >/dev/null || need+=(xfsprogs)
 [[ $FREEZERS != *qga* ]] || command -v qemu-ga >/dev/null || need+=(qemu-guest-agent)
+# Checked before the runs, not after them: the charts need gnuplot.
+[[ -z $CHARTS ]] || command -v gnuplot >/dev/null || need+=(gnuplot-nox)
 if ((${#need[@]})); then
-    ((INSTALL)) || die "missing: ${need[*]}"
+    ((INSTALL)) || die "missing: ${need[*]} (apt-get install ${need[*]}; --no-charts runs without gnuplot)"
     say "apt-get install ${need[*]}"
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
@@ -125,15 +144,24 @@ if [[ $FREEZERS == *qga* ]]; then
 fi
 
 RAW="$WORK/raw.jsonl"
-for d in $DIRTY; do
-    say "dirty $d MiB, hold $HOLD ms, $RUNS rounds of: $FREEZERS"
-    python3 "$BENCH/stall.py" --mounts "${MOUNTS[@]}" --runs "$RUNS" --dirty-mib "$d" \
-        --hold-ms "$HOLD" --freezers "$FREEZERS" --quiesce-url "http://127.0.0.1:$port" \
-        --qga-socket "$WORK/qga.sock" | tee -a "$RAW" >&2
+: >"$WORK/table.md"
+for k in $K_LIST; do
+    for d in $DIRTY; do
+        say "$k filesystems, dirty $d MiB, hold $HOLD ms, $RUNS rounds of: $FREEZERS"
+        python3 "$BENCH/stall.py" --mounts "${MOUNTS[@]:0:k}" --runs "$RUNS" --dirty-mib "$d" \
+            --hold-ms "$HOLD" --freezers "$FREEZERS" --quiesce-url "http://127.0.0.1:$port" \
+            --qga-socket "$WORK/qga.sock" | tee -a "$WORK/raw-$k.jsonl" >&2
+    done
+    cat "$WORK/raw-$k.jsonl" >>"$RAW"
+    python3 "$BENCH/stall_report.py" "$WORK/raw-$k.jsonl" "$k" "$HOLD" >>"$WORK/table.md"
+    echo >>"$WORK/table.md"
 done
 [[ -n $KEEP ]] && cp "$RAW" "$KEEP"
 
-python3 "$BENCH/stall_report.py" "$RAW" "$K" "$HOLD" >"$WORK/table.md"
 cat "$WORK/table.md"
 [[ -n $MARKDOWN ]] && cp "$WORK/table.md" "$MARKDOWN"
+if [[ -n $CHARTS ]]; then
+    say "charts in $CHARTS"
+    python3 "$BENCH/stall_charts.py" "$CHARTS" "$RAW" >&2
+fi
 exit 0

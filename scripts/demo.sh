@@ -15,7 +15,8 @@ done
 
 echo "== building"
 cargo build --quiet
-Q=$PWD/target/debug/quiesce
+# Where cargo put it: CARGO_TARGET_DIR (or build.target-dir) when set, else ./target.
+Q=$(scripts/cargo-target-dir.sh)/debug/quiesce
 W=$(mktemp -d /tmp/quiesce-demo.XXXXXX)
 loops=()
 daemon=
@@ -85,6 +86,8 @@ for s in json.load(open(sys.argv[1]))["snapshots"]:
         print(f"  hook  {h['name']} {h['phase']:<4} exit={h['exit_code']} {h['duration_ms']} ms")
 PY
 echo "-- the hook's own log:"; sed 's/^/   /' "$W/hook.log"
+echo "== quiesce status: the agent as an operator sees it (--json for scripts)"
+"$Q" status --agent "http://127.0.0.1:$port" --key-file "$W/host.key" | sed 's/^/   /'
 
 echo "== checking the snapshots"
 e2fsck -fn "$W/ext4.snap" >/dev/null 2>&1 && echo "  ext4 copy: e2fsck -fn clean"

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds the .deb and the .rpm from Cargo metadata into target/packages/:
+# Builds the .deb and the .rpm from Cargo metadata into TARGET/packages/, TARGET being cargo's
+# target directory (CARGO_TARGET_DIR when set, else ./target):
 #   scripts/package.sh [--version X.Y.Z]
 # --version overrides Cargo.toml's version in both packages (the upgrade test builds a bumped
 # one this way). Installs cargo-deb and cargo-generate-rpm (pinned) when they are missing.
@@ -28,13 +29,14 @@ fi
 
 echo "== cargo build --release"
 cargo build --release --locked --bin quiesce
+target=$(scripts/cargo-target-dir.sh)
 
-echo "== man pages, completions, Debian changelog (target/assets)"
-rm -rf target/assets
-cargo run --quiet --locked --bin quiesce-gen-docs -- target/assets
+echo "== man pages, completions, Debian changelog ($target/assets)"
+rm -rf "$target/assets"
+cargo run --quiet --locked --bin quiesce-gen-docs -- "$target/assets"
 # Debian wants its own changelog format: one entry for this version, its lines taken from the
 # newest section of CHANGELOG.md.
-python3 - "$version" > target/assets/changelog <<'PY'
+python3 - "$version" > "$target/assets/changelog" <<'PY'
 import os, re, sys, time
 version = sys.argv[1]
 text = open("CHANGELOG.md").read()
@@ -61,9 +63,18 @@ stamp = time.strftime("%a, %d %b %Y %H:%M:%S +0000", time.gmtime(when))
 print(f"\n -- quiesce developers <quiesce@users.noreply.github.com>  {stamp}")
 PY
 
-mkdir -p target/packages
+# The assets in Cargo.toml name target/release/quiesce and target/assets/: paths relative to the
+# repository that the packagers read as they are written. When cargo builds elsewhere
+# (CARGO_TARGET_DIR), the binary and the generated assets are staged there for them.
+if [ "$target" != "$PWD/target" ]; then
+  rm -rf target/assets
+  mkdir -p target/release
+  cp "$target/release/quiesce" target/release/quiesce
+  cp -r "$target/assets" target/assets
+fi
+mkdir -p "$target/packages"
 echo "== cargo deb"
-cargo deb --no-build --locked --deb-version "$version-1" --output target/packages/ >/dev/null
+CARGO_TARGET_DIR=$PWD/target cargo deb --no-build --locked --deb-version "$version-1" --output "$target/packages/" >/dev/null
 echo "== cargo generate-rpm"
-cargo generate-rpm --set-metadata "version = \"$version\"" --output target/packages/ >/dev/null
-ls -l target/packages/*"$version"*
+CARGO_TARGET_DIR=$PWD/target cargo generate-rpm --set-metadata "version = \"$version\"" --output "$target/packages/" >/dev/null
+ls -l "$target/packages/"*"$version"*

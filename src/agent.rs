@@ -70,6 +70,9 @@ struct Entry {
     id: String,
     request_id: Option<String>,
     report: Report,
+    /// Set when the snapshot task panicked: the final report, which wins over the channel's
+    /// last value (the task can no longer send one).
+    panicked: Arc<std::sync::OnceLock<Snapshot>>,
     /// `None` once the entry is compacted (the snapshot has ended).
     controls: Option<mpsc::Sender<ControlMsg>>,
 }
@@ -86,6 +89,9 @@ enum Report {
 impl Entry {
     /// The report as it stands.
     fn current(&self) -> Snapshot {
+        if let Some(s) = self.panicked.get() {
+            return s.clone();
+        }
         match &self.report {
             Report::Live(rx) => rx.borrow().clone(),
             Report::Done(s) => (**s).clone(),
@@ -93,6 +99,9 @@ impl Entry {
     }
 
     fn ended(&self) -> bool {
+        if self.panicked.get().is_some() {
+            return true;
+        }
         match &self.report {
             Report::Live(rx) => rx.borrow().state.is_end(),
             Report::Done(_) => true,
@@ -102,6 +111,9 @@ impl Entry {
     /// A receiver of the report; for an ended snapshot, one whose sender is already gone
     /// (its value is final: waits on it answer at once).
     fn receiver(&self) -> watch::Receiver<Snapshot> {
+        if let Some(s) = self.panicked.get() {
+            return watch::channel(s.clone()).1;
+        }
         match &self.report {
             Report::Live(rx) => rx.clone(),
             Report::Done(s) => watch::channel((**s).clone()).1,
@@ -110,6 +122,11 @@ impl Entry {
 
     /// Drops the channels of an ended snapshot and keeps its final report.
     fn compact(&mut self) {
+        if let Some(s) = self.panicked.get() {
+            self.report = Report::Done(Box::new(s.clone()));
+            self.controls = None;
+            return;
+        }
         if let Report::Live(rx) = &self.report {
             let snap = rx.borrow().clone();
             if snap.state.is_end() {
@@ -204,12 +221,24 @@ impl Agent {
     }
 
     /// Starts a snapshot ordered over HTTP, or returns the one of a known `request_id`.
-    pub fn create(&self, body: CreateBody) -> Result<Created, CreateError> {
-        self.create_on(Channel::Http, body)
+    ///
+    /// `peer` is the requesting host's IP address (none on vsock and unix sockets): a
+    /// `callback_url` must point at it or start with one of the config's `callbacks.allow`.
+    pub fn create(
+        &self,
+        body: CreateBody,
+        peer: Option<std::net::IpAddr>,
+    ) -> Result<Created, CreateError> {
+        self.create_on(Channel::Http, body, peer)
     }
 
     /// Starts a snapshot ordered through `channel` (one at a time across all channels).
-    pub fn create_on(&self, channel: Channel, body: CreateBody) -> Result<Created, CreateError> {
+    pub fn create_on(
+        &self,
+        channel: Channel,
+        body: CreateBody,
+        peer: Option<std::net::IpAddr>,
+    ) -> Result<Created, CreateError> {
         if let Some(rid) = &body.request_id {
             if !valid_request_id(rid) {
                 return Err(CreateError::BadRequest(
@@ -218,11 +247,8 @@ impl Agent {
             }
         }
         if let Some(url) = &body.callback_url {
-            if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() > 2048 {
-                return Err(CreateError::BadRequest(
-                    "callback_url must be an http:// or https:// URL".into(),
-                ));
-            }
+            let allow = self.context().config.callbacks.allow.clone();
+            crate::callbacks::check_url(url, peer, &allow).map_err(CreateError::BadRequest)?;
         }
         // Checked before and again after preparing: preparing reads the mount table and stats
         // mount points, which must not happen under the lock the request handlers share.
@@ -277,12 +303,25 @@ impl Agent {
             },
         );
         let id = initial.id.clone();
+        let panicked = Arc::new(std::sync::OnceLock::new());
+        let on_panic = (panicked.clone(), report.clone(), self.latest.clone());
         let task = tokio::spawn(async move {
             // A logind inhibitor lock from before the first pre hook until the last post hook
             // has ended (`run` returns only then), so that no reboot or suspend cuts the
             // snapshot in half. `None` where there is no bus or no logind.
             let inhibitor = crate::systemd::dbus::logind::inhibit(&id).await;
-            let end = run.await;
+            // On a task of its own, so that a panic in it ends this snapshot instead of
+            // leaving it unfinished forever (every create answered 409).
+            let end = match tokio::spawn(run).await {
+                Ok(end) => end,
+                Err(e) => {
+                    let (slot, report, latest) = on_panic;
+                    let end = failed_by_panic(report.borrow().clone(), &e);
+                    let _ = slot.set(end.clone());
+                    latest.send_replace(Some(end.clone()));
+                    end
+                }
+            };
             drop(inhibitor);
             metrics.snapshot_ended(&end);
             metrics.set_frozen(false);
@@ -299,6 +338,7 @@ impl Agent {
             id: initial.id.clone(),
             request_id: body.request_id,
             report: Report::Live(report),
+            panicked,
             controls: Some(controls),
         });
         inner.entries.truncate(HISTORY);
@@ -436,6 +476,39 @@ impl Agent {
     }
 }
 
+/// The final report of a snapshot whose task panicked: `failed`, with the panic as an error.
+/// The freezer's watchdog thaws on its own when its session is dropped.
+fn failed_by_panic(mut snap: Snapshot, e: &tokio::task::JoinError) -> Snapshot {
+    let what = if e.is_panic() {
+        "panicked"
+    } else {
+        "was cancelled"
+    };
+    tracing::error!(
+        snapshot = %snap.id,
+        "the snapshot task {what} in state {:?}: the snapshot ends failed",
+        snap.state
+    );
+    snap.state = State::Failed;
+    snap.consistency = None;
+    for m in &mut snap.mounts {
+        m.frozen = false;
+    }
+    if snap.finished_at.is_none() {
+        snap.finished_at = Some(crate::freezer::session::rfc3339(
+            crate::duration::unix_ms_now(),
+        ));
+    }
+    snap.errors.push(crate::snapshot::lifecycle::Problem {
+        reason: crate::snapshot::lifecycle::Reason::InternalError,
+        message: format!(
+            "the snapshot task {what}; the watchdog thawed what was frozen (post hooks of this \
+             snapshot may not have run)"
+        ),
+    });
+    snap
+}
+
 /// Waits until `pred` holds for the snapshot (or an end state), at most `timeout`.
 pub async fn wait_until(
     mut rx: watch::Receiver<Snapshot>,
@@ -500,17 +573,17 @@ mod tests {
     #[tokio::test]
     async fn one_snapshot_at_a_time_and_request_ids_are_idempotent() {
         let (agent, _hooks, _freezers) = agent("[]");
-        let first = agent.create(body(Some("r-1"))).unwrap();
+        let first = agent.create(body(Some("r-1")), None).unwrap();
         let Created::New(s) = first else {
             panic!("a new snapshot")
         };
         assert!(agent.busy());
         // Busy for anyone else; the same request_id gets the same snapshot.
-        match agent.create(body(None)) {
+        match agent.create(body(None), None) {
             Err(CreateError::Busy { active }) => assert_eq!(active, s.id),
             other => panic!("{other:?}"),
         }
-        match agent.create(body(Some("r-1"))).unwrap() {
+        match agent.create(body(Some("r-1")), None).unwrap() {
             Created::Existing(e) => assert_eq!(e.id, s.id),
             other => panic!("{other:?}"),
         }
@@ -525,7 +598,7 @@ mod tests {
         assert_eq!(end.state, State::Succeeded);
         assert!(!agent.busy());
         // The next one may start; the history is newest first.
-        let second = id_of(agent.create(body(Some("r-2"))).unwrap());
+        let second = id_of(agent.create(body(Some("r-2")), None).unwrap());
         let ids: Vec<String> = agent.list().into_iter().map(|s| s.id).collect();
         assert_eq!(ids, [second.clone(), s.id.clone()]);
         agent.shutdown().await;
@@ -540,7 +613,7 @@ mod tests {
             agent.control("nope", Control::Abort).await,
             Err(ControlError::NotFound)
         ));
-        let id = id_of(agent.create(body(None)).unwrap());
+        let id = id_of(agent.create(body(None), None).unwrap());
         frozen(&agent, &id).await;
         agent
             .control(&id, Control::HostThaw { taken: true })
@@ -562,12 +635,18 @@ mod tests {
             mounts: Some(vec!["/not-a-target".into()]),
             ..Default::default()
         };
-        assert!(matches!(agent.create(bad), Err(CreateError::BadRequest(_))));
+        assert!(matches!(
+            agent.create(bad, None),
+            Err(CreateError::BadRequest(_))
+        ));
         let bad = CreateBody {
             request_id: Some("spaces are not allowed".into()),
             ..Default::default()
         };
-        assert!(matches!(agent.create(bad), Err(CreateError::BadRequest(_))));
+        assert!(matches!(
+            agent.create(bad, None),
+            Err(CreateError::BadRequest(_))
+        ));
         assert!(!agent.busy());
         assert!(agent.list().is_empty());
         assert!(freezers.records().is_empty());
@@ -577,13 +656,13 @@ mod tests {
     async fn shutdown_during_pre_hooks_cancels_and_refuses_new_snapshots() {
         let (agent, hooks, freezers) = agent("[{name: slow, pre: [/bin/slow], post: [/bin/slow]}]");
         hooks.set("slow", crate::hooks::Phase::Pre, 0, Duration::from_secs(60));
-        let id = id_of(agent.create(body(None)).unwrap());
+        let id = id_of(agent.create(body(None), None).unwrap());
         agent.shutdown().await;
         let end = agent.watch(&id).unwrap().borrow().clone();
         assert_eq!((end.state, end.consistency), (State::Aborted, None));
         assert!(freezers.records().is_empty());
         assert!(matches!(
-            agent.create(body(None)),
+            agent.create(body(None), None),
             Err(CreateError::ShuttingDown)
         ));
     }

@@ -133,6 +133,13 @@ pub enum AuthError {
     /// The signature is malformed or does not match the request.
     #[error("bad {HEADER_SIGNATURE}: {detail}")]
     BadSignature { detail: &'static str },
+    /// The timestamp is earlier than the agent's start: a request captured before a restart
+    /// (whose nonce the new process cannot remember) must not be accepted again.
+    #[error(
+        "{HEADER_TIMESTAMP} {timestamp} is earlier than the agent's start ({start}): sign \
+         requests with the current time"
+    )]
+    BeforeStart { timestamp: u64, start: u64 },
     /// The nonce was already used within the window: a replayed request.
     #[error(
         "{HEADER_NONCE} was already used within the last {MAX_SKEW_SECS} s (replayed request); \
@@ -157,6 +164,7 @@ impl AuthError {
             AuthError::StaleTimestamp { .. } => "stale_timestamp",
             AuthError::BadNonce => "bad_nonce",
             AuthError::BadSignature { .. } => "bad_signature",
+            AuthError::BeforeStart { .. } => "before_start",
             AuthError::ReplayedNonce => "replayed_nonce",
             AuthError::NonceCacheFull { .. } => "nonce_cache_full",
         }
@@ -260,6 +268,15 @@ fn nonce_from_bytes(bytes: &[u8; 24]) -> String {
 pub struct Verifier {
     key: Key,
     nonces: NonceCache,
+    /// Timestamps below this are refused ([`AuthError::BeforeStart`]); 0: no such rule.
+    not_before: u64,
+}
+
+/// What [`Verifier::check_headers`] parsed from headers that passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Parsed {
+    timestamp: u64,
+    signature: [u8; 32],
 }
 
 impl Verifier {
@@ -273,28 +290,43 @@ impl Verifier {
         Verifier {
             key,
             nonces: NonceCache::new(capacity),
+            not_before: 0,
         }
     }
 
-    /// Checks one request; `Ok` means it is authentic, fresh and not a replay, and its nonce is
-    /// now spent.
-    ///
-    /// The header values are passed as received (`None` when absent), `now_unix` is the agent's
-    /// clock. Checks run in this order: headers present, timestamp well-formed and within
-    /// [`MAX_SKEW_SECS`], nonce well-formed, signature well-formed (64 lowercase hex characters)
-    /// and matching in constant time; only then is the nonce looked up (a replay is refused) and
-    /// recorded. A request with a bad signature therefore never spends or records a nonce.
-    #[allow(clippy::too_many_arguments)]
-    pub fn verify(
+    /// Refuses timestamps earlier than `start_unix` (the agent's start: a restart must not
+    /// reopen the replay window of requests captured before it).
+    pub fn not_before(mut self, start_unix: u64) -> Verifier {
+        self.not_before = start_unix;
+        self
+    }
+
+    /// Every check that needs no body, without spending the nonce: headers present, timestamp
+    /// well-formed, within the window and not before the start, nonce well-formed and not
+    /// already used, signature well-formed. The server runs it before it reads any body, so
+    /// that a request that fails here costs no body read.
+    pub fn check_headers(
         &mut self,
-        method: &str,
-        path_and_query: &str,
         timestamp: Option<&str>,
         nonce: Option<&str>,
         signature: Option<&str>,
-        body: &[u8],
         now_unix: u64,
     ) -> Result<(), AuthError> {
+        self.parse_headers(timestamp, nonce, signature, now_unix)?;
+        self.nonces.prune(now_unix);
+        if self.nonces.contains(nonce.unwrap_or_default()) {
+            return Err(AuthError::ReplayedNonce);
+        }
+        Ok(())
+    }
+
+    fn parse_headers(
+        &self,
+        timestamp: Option<&str>,
+        nonce: Option<&str>,
+        signature: Option<&str>,
+        now_unix: u64,
+    ) -> Result<Parsed, AuthError> {
         let missing = |header| AuthError::MissingHeader { header };
         let timestamp_text = timestamp.ok_or(missing(HEADER_TIMESTAMP))?;
         let nonce = nonce.ok_or(missing(HEADER_NONCE))?;
@@ -309,19 +341,52 @@ impl Verifier {
                 skew,
             });
         }
+        if timestamp < self.not_before {
+            return Err(AuthError::BeforeStart {
+                timestamp,
+                start: self.not_before,
+            });
+        }
         if !is_valid_nonce(nonce) {
             return Err(AuthError::BadNonce);
         }
-        let claimed = decode_hex32(signature).ok_or(AuthError::BadSignature {
+        let signature = decode_hex32(signature).ok_or(AuthError::BadSignature {
             detail: "not 64 lowercase hex characters",
         })?;
+        Ok(Parsed {
+            timestamp,
+            signature,
+        })
+    }
+
+    /// Checks one request; `Ok` means it is authentic, fresh and not a replay, and its nonce is
+    /// now spent.
+    ///
+    /// The header values are passed as received (`None` when absent), `now_unix` is the agent's
+    /// clock. Checks run in this order: headers present, timestamp well-formed and within
+    /// [`MAX_SKEW_SECS`] and not before the start ([`Verifier::not_before`]), nonce well-formed, signature well-formed (64 lowercase hex characters)
+    /// and matching in constant time; only then is the nonce looked up (a replay is refused) and
+    /// recorded. A request with a bad signature therefore never spends or records a nonce.
+    #[allow(clippy::too_many_arguments)]
+    pub fn verify(
+        &mut self,
+        method: &str,
+        path_and_query: &str,
+        timestamp: Option<&str>,
+        nonce: Option<&str>,
+        signature: Option<&str>,
+        body: &[u8],
+        now_unix: u64,
+    ) -> Result<(), AuthError> {
+        let parsed = self.parse_headers(timestamp, nonce, signature, now_unix)?;
+        let (timestamp_text, nonce) = (timestamp.unwrap_or_default(), nonce.unwrap_or_default());
         let mut mac = self.key.mac();
         mac.update(string_to_sign(method, path_and_query, timestamp_text, nonce, body).as_bytes());
-        mac.verify_slice(&claimed)
+        mac.verify_slice(&parsed.signature)
             .map_err(|_| AuthError::BadSignature {
                 detail: "does not match the request (wrong key, or the request was changed)",
             })?;
-
+        let timestamp = parsed.timestamp;
         self.nonces.check_and_record(nonce, timestamp, now_unix)
     }
 
@@ -396,6 +461,11 @@ impl NonceCache {
         self.expiry_of.insert(Arc::clone(&key), expiry);
         self.by_expiry.insert((expiry, key));
         Ok(())
+    }
+
+    /// Whether `nonce` is remembered (the caller prunes first).
+    fn contains(&self, nonce: &str) -> bool {
+        self.expiry_of.contains_key(nonce)
     }
 
     /// Nonces currently remembered.
@@ -995,6 +1065,52 @@ mod tests {
         }
         cache.prune(u64::MAX);
         assert!(cache.is_empty() && cache.by_expiry.is_empty());
+    }
+
+    #[test]
+    fn timestamps_before_the_start_are_refused() {
+        let mut v = Verifier::new(key()).not_before(NOW);
+        let err = send(&mut v, NOW - 1, &nonce(1), NOW + 10).unwrap_err();
+        assert_eq!(
+            err,
+            AuthError::BeforeStart {
+                timestamp: NOW - 1,
+                start: NOW
+            }
+        );
+        assert_eq!(err.reason(), "before_start");
+        send(&mut v, NOW, &nonce(1), NOW + 10).unwrap();
+    }
+
+    #[test]
+    fn header_checks_need_no_body_and_spend_nothing() {
+        let mut v = verifier();
+        let ts = NOW.to_string();
+        let sig = sign(&key(), "POST", "/v1/snapshots", &ts, NONCE, b"{}");
+        let headers = |v: &mut Verifier, ts: &str, n: &str, s: &str| {
+            v.check_headers(Some(ts), Some(n), Some(s), NOW)
+        };
+        headers(&mut v, &ts, NONCE, &sig).unwrap();
+        // Any well-formed signature passes here: only the body check can tell.
+        headers(&mut v, &ts, NONCE, &"0".repeat(64)).unwrap();
+        assert_eq!(v.nonces_remembered(), 0);
+        let stale = (NOW - 301).to_string();
+        assert_eq!(
+            headers(&mut v, &stale, NONCE, &sig).unwrap_err().reason(),
+            "stale_timestamp"
+        );
+        assert_eq!(
+            v.check_headers(Some(&ts), None, Some(&sig), NOW)
+                .unwrap_err()
+                .reason(),
+            "missing_header"
+        );
+        send(&mut v, NOW, NONCE, NOW).unwrap();
+        // A spent nonce is refused from the headers alone.
+        assert_eq!(
+            headers(&mut v, &ts, NONCE, &sig).unwrap_err(),
+            AuthError::ReplayedNonce
+        );
     }
 
     #[test]

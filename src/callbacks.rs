@@ -34,7 +34,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use crate::auth::Key;
-use crate::client::{describe_error, signed_headers};
+use crate::outbound::{describe_error, signed_headers};
 
 /// Longest one attempt may take, connection included.
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -62,6 +62,80 @@ const POLICY: Policy = Policy {
 /// dropped with a warning). Callbacks for one snapshot `id` are delivered in call order.
 pub fn notify(url: String, key: Option<Key>, snapshot: Value) {
     notify_with(&POLICY, url, key, snapshot)
+}
+
+/// Checks a `callback_url` against the contract's rules: an absolute `http` or `https` URL
+/// without `user:pass@`, whose host is the requesting peer's own IP address (`peer`, none on
+/// vsock and unix sockets), or which starts with one of `allow` (the config's
+/// `callbacks.allow`, compared after both are normalised by the URL parser). The error is the
+/// message of a 400.
+pub fn check_url(
+    url: &str,
+    peer: Option<std::net::IpAddr>,
+    allow: &[String],
+) -> Result<(), String> {
+    if url.len() > 2048 {
+        return Err("callback_url is longer than 2048 characters".into());
+    }
+    let parsed = Url::parse(url)
+        .map_err(|e| format!("callback_url must be an absolute http:// or https:// URL: {e}"))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err("callback_url must be an http:// or https:// URL".into());
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(
+            "callback_url may not carry a user name or password (user:pass@): the agent signs \
+             its callbacks with the shared key"
+                .into(),
+        );
+    }
+    let host_ip = parsed.host_str().and_then(|h| {
+        h.trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .ok()
+            .map(|a| a.to_canonical())
+    });
+    if let (Some(h), Some(p)) = (host_ip, peer) {
+        if h == p.to_canonical() {
+            return Ok(());
+        }
+    }
+    let normal = parsed.as_str();
+    let allowed = allow
+        .iter()
+        .any(|prefix| Url::parse(prefix).is_ok_and(|p| normal.starts_with(p.as_str())));
+    if allowed {
+        return Ok(());
+    }
+    Err(format!(
+        "callback_url must point at the requesting host's own address ({}) or start with one of \
+         the config's callbacks.allow prefixes",
+        peer.map_or_else(|| "none on this listener".to_string(), |p| p.to_string())
+    ))
+}
+
+/// A `callbacks.allow` entry: an absolute http(s) URL without user name or password whose path
+/// ends with `/`, so that a prefix cannot match another host (`http://a.example` would match
+/// `http://a.example.evil.net/`).
+pub fn check_allow_prefix(prefix: &str) -> Result<(), String> {
+    let parsed =
+        Url::parse(prefix).map_err(|e| format!("not an absolute http:// or https:// URL: {e}"))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err("not an http:// or https:// URL".into());
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err("a user name or password (user:pass@) is not allowed".into());
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err("no host".into());
+    }
+    if !prefix.ends_with('/') || parsed.query().is_some() || parsed.fragment().is_some() {
+        return Err(
+            "must end with / (e.g. https://backup.example:8443/quiesce/), with no query".into(),
+        );
+    }
+    Ok(())
 }
 
 struct Job {
@@ -491,6 +565,53 @@ mod tests {
         assert!(!queues()
             .keys()
             .any(|k| k.starts_with("nort\n") || k.starts_with("badurl\n")));
+    }
+
+    #[test]
+    fn callback_urls_follow_the_rules() {
+        let peer: Option<std::net::IpAddr> = Some("10.0.0.7".parse().unwrap());
+        let allow = vec!["https://backup.example/hooks/".to_string()];
+        for ok in [
+            "http://10.0.0.7:8080/cb",
+            "https://10.0.0.7/x?y=1",
+            "https://backup.example/hooks/a",
+            "HTTPS://BACKUP.example:443/hooks/b",
+        ] {
+            assert_eq!(check_url(ok, peer, &allow), Ok(()), "{ok}");
+        }
+        for bad in [
+            "ftp://10.0.0.7/",
+            "/relative",
+            "http://10.0.0.8/",
+            "http://user:pw@10.0.0.7/",
+            "http://user@10.0.0.7/",
+            "https://backup.example/other",
+            "https://backup.example.evil.net/hooks/",
+            "https://backup.example@evil.net/hooks/",
+            "http://localhost/",
+        ] {
+            assert!(check_url(bad, peer, &allow).is_err(), "{bad}");
+        }
+        // No peer address (vsock, unix): only the allowed prefixes.
+        assert!(check_url("http://10.0.0.7/", None, &allow).is_err());
+        assert!(check_url("https://backup.example/hooks/c", None, &allow).is_ok());
+        let v6: Option<std::net::IpAddr> = Some("::ffff:10.0.0.7".parse().unwrap());
+        assert!(check_url("http://10.0.0.7/", v6.map(|a| a.to_canonical()), &[]).is_ok());
+    }
+
+    #[test]
+    fn allow_prefixes_are_checked() {
+        assert!(check_allow_prefix("https://backup.example/").is_ok());
+        assert!(check_allow_prefix("http://10.0.0.1:8080/cb/").is_ok());
+        for bad in [
+            "https://backup.example",
+            "backup.example/",
+            "ftp://x/",
+            "https://u:p@x/",
+            "https://x/?a=/",
+        ] {
+            assert!(check_allow_prefix(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

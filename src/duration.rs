@@ -1,6 +1,18 @@
-//! Durations as the contract writes them: an integer with a unit, `500ms`, `10s`, `2m`, `1h`.
+//! Durations as the contract writes them: an integer with a unit, `500ms`, `10s`, `2m`, `1h`;
+//! and the one reading of Unix time in milliseconds that the reports and metrics use.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// `t` as milliseconds since the Unix epoch (0 for a time before it: a clock set wrong).
+pub fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The wall clock now, as [`unix_ms`].
+pub fn unix_ms_now() -> u64 {
+    unix_ms(SystemTime::now())
+}
 
 /// Parses `N` followed by `ms`, `s`, `m` or `h` (no spaces, no fractions, no bare numbers).
 pub fn parse(text: &str) -> Result<Duration, String> {
@@ -42,21 +54,6 @@ pub fn format(d: Duration) -> String {
         format!("{}s", ms / 1_000)
     } else {
         format!("{ms}ms")
-    }
-}
-
-/// Serde adapter for `Duration` fields written as contract duration strings.
-pub mod serde_str {
-    use serde::{Deserialize, Deserializer, Serializer};
-    use std::time::Duration;
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let s = String::deserialize(d)?;
-        super::parse(&s).map_err(serde::de::Error::custom)
-    }
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&super::format(*d))
     }
 }
 

@@ -15,8 +15,8 @@ fn main() -> ExitCode {
         return ExitCode::from(quiesce::freezer::watchdog::main() as u8);
     }
     // The hook helper too: single-threaded, so its signal mask and waitpid(-1) cover everything.
-    if let Cmd::HookExec(args) = &cli.command {
-        return ExitCode::from(quiesce::hooks::exec::main(args) as u8);
+    if let Cmd::HookExec(args) = cli.command {
+        return ExitCode::from(quiesce::hooks::exec::main(&args.into()) as u8);
     }
     if let Cmd::Daemon(_) = cli.command {
         // Before the first thread: one malloc arena for all of them.
@@ -39,14 +39,11 @@ fn main() -> ExitCode {
             rt.shutdown_background();
             match result {
                 Ok(code) => code,
-                Err(e) => {
-                    eprintln!("quiesce daemon: {e:#}");
-                    1
-                }
+                Err(e) => daemon_error(&e),
             }
         }
-        Cmd::Snapshot(args) => client_command("snapshot", commands::snapshot::run(args)),
-        Cmd::Status(args) => client_command("status", commands::status::run(args)),
+        Cmd::Snapshot(args) => client_command("snapshot", quiesce::host::orchestrator::run(args)),
+        Cmd::Status(args) => client_command("status", quiesce::host::status::run(args)),
         Cmd::Freeze(args) => {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -65,6 +62,16 @@ fn main() -> ExitCode {
         }
     };
     ExitCode::from(code as u8)
+}
+
+/// The daemon's exit code for an error, from its kind: a configuration error (already logged
+/// line by line) exits 78, anything else is a runtime failure, printed, exit 1.
+fn daemon_error(e: &anyhow::Error) -> i32 {
+    if e.chain().any(|c| c.is::<commands::daemon::ConfigRefused>()) {
+        return commands::daemon::EX_CONFIG;
+    }
+    eprintln!("quiesce daemon: {e:#}");
+    1
 }
 
 /// Runs a host-side command (an HTTP client of the agents) on a single-threaded runtime; its

@@ -9,9 +9,10 @@
 #![forbid(unsafe_code)]
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::duration::{unix_ms, unix_ms_now};
 
 use crate::snapshot::lifecycle::{Consistency, State};
 use crate::snapshot::model::Snapshot;
@@ -79,6 +80,8 @@ pub struct Metrics {
     start_ms: u64,
     active: AtomicBool,
     frozen: AtomicBool,
+    /// Requests answered 401 (`quiesce_auth_failures_total`).
+    auth_failures: AtomicU64,
     recorded: Mutex<Recorded>,
 }
 
@@ -92,9 +95,10 @@ impl Metrics {
     /// Fresh metrics; the process start time is taken now.
     pub fn new() -> Metrics {
         Metrics {
-            start_ms: unix_ms(SystemTime::now()),
+            start_ms: unix_ms_now(),
             active: AtomicBool::new(false),
             frozen: AtomicBool::new(false),
+            auth_failures: AtomicU64::new(0),
             recorded: Mutex::new(Recorded::default()),
         }
     }
@@ -110,7 +114,7 @@ impl Metrics {
             s.finished_at
                 .as_deref()
                 .and_then(|t| humantime::parse_rfc3339(t).ok())
-                .map_or_else(|| unix_ms(SystemTime::now()), unix_ms)
+                .map_or_else(unix_ms_now, unix_ms)
         });
         let consistency = match s.consistency {
             Some(Consistency::Application) => 0,
@@ -148,6 +152,12 @@ impl Metrics {
     /// Whether a snapshot is under way (`quiesce_snapshot_active`).
     pub fn set_active(&self, active: bool) {
         self.active.store(active, Ordering::Relaxed);
+    }
+
+    /// Counts a request answered 401 (`quiesce_auth_failures_total`): a missing or wrong
+    /// signature, a stale timestamp or a replayed nonce.
+    pub fn auth_refused(&self) {
+        self.auth_failures.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Whether mounts are frozen by us right now (`quiesce_frozen`).
@@ -304,6 +314,19 @@ impl Metrics {
             &[],
             r.last_success_ms.map_or(0.0, ms_to_s),
         );
+
+        header(
+            &mut out,
+            "quiesce_auth_failures_total",
+            "counter",
+            "Requests refused with 401: missing or wrong signature, stale timestamp, replay.",
+        );
+        sample(
+            &mut out,
+            "quiesce_auth_failures_total",
+            &[],
+            self.auth_failures.load(Ordering::Relaxed) as f64,
+        );
         out
     }
 
@@ -311,11 +334,6 @@ impl Metrics {
     fn lock(&self) -> MutexGuard<'_, Recorded> {
         self.recorded.lock().unwrap_or_else(PoisonError::into_inner)
     }
-}
-
-fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn ms_to_s(ms: u64) -> f64 {
@@ -676,8 +694,13 @@ mod tests {
             value(&lines, "quiesce_last_success_timestamp_seconds", &[]),
             0.0
         );
+        assert_eq!(value(&lines, "quiesce_auth_failures_total", &[]), 0.0);
+        m.auth_refused();
+        m.auth_refused();
+        let lines = check(&m.render());
+        assert_eq!(value(&lines, "quiesce_auth_failures_total", &[]), 2.0);
         let start = value(&lines, "quiesce_start_time_seconds", &[]);
-        let now = unix_ms(SystemTime::now()) as f64 / 1000.0;
+        let now = unix_ms_now() as f64 / 1000.0;
         assert!(start > 1.6e9 && start <= now, "{start}");
         let version = [("version", env!("CARGO_PKG_VERSION"))];
         assert_eq!(value(&lines, "quiesce_build_info", &version), 1.0);
@@ -880,13 +903,13 @@ mod tests {
     #[test]
     fn a_success_without_a_readable_finished_at_takes_now() {
         let m = Metrics::new();
-        let before = unix_ms(SystemTime::now()) as f64 / 1000.0;
+        let before = unix_ms_now() as f64 / 1000.0;
         let mut s = snapshot(State::Succeeded, Some(Consistency::FileSystem));
         s.finished_at = Some("not a time".into());
         m.snapshot_ended(&s);
         let lines = check(&m.render());
         let t = value(&lines, "quiesce_last_success_timestamp_seconds", &[]);
-        let after = unix_ms(SystemTime::now()) as f64 / 1000.0;
+        let after = unix_ms_now() as f64 / 1000.0;
         assert!(before <= t && t <= after, "{before} <= {t} <= {after}");
     }
 
@@ -962,6 +985,7 @@ mod tests {
                 "quiesce_hook_failures_total",
                 "quiesce_mount_freeze_failures_total",
                 "quiesce_last_success_timestamp_seconds",
+                "quiesce_auth_failures_total",
             ]
         );
     }

@@ -145,8 +145,8 @@ fn config(dir: &Path, mount: &Path, name: &str, hook: &Path, env: &[(String, Str
     fs::write(
         &path,
         format!(
-            "listen: 127.0.0.1:{}\nstate_dir: {:?}\nauth: {{mode: none}}\nfreeze:\n  timeout: 30s\n  include_mounts: [{:?}]\nhooks: [{hook}]\n",
-            free_port(),
+            "{}state_dir: {:?}\nfreeze:\n  timeout: 30s\n  include_mounts: [{:?}]\nhooks: [{hook}]\n",
+            common::daemon::unix_listen_none(dir),
             dir.join("state"),
             mount
         ),

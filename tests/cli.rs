@@ -37,28 +37,36 @@ impl Agent {
     fn start(hmac: bool) -> Agent {
         let dir = scratch_dir();
         let fs = LoopFs::create(dir.path(), "data", Fs::Ext4, 32);
-        let auth = if hmac {
+        // Unsigned requests only on a unix socket (root's peers): `auth.mode: none` is
+        // refused on TCP.
+        let listen_auth = if hmac {
             // The scratch directory is root's and 0700; the key 0600, as the daemon demands.
             let key = dir.path().join("host.key");
             fs::write(&key, KEY).unwrap();
             fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).unwrap();
-            format!("{{mode: hmac, key_file: {key:?}}}")
+            format!(
+                "listen: 127.0.0.1:{}\nauth: {{mode: hmac, key_file: {key:?}}}\n",
+                free_port()
+            )
         } else {
-            "{mode: none}".to_string()
+            common::daemon::unix_listen_none(dir.path())
         };
         let config = dir.path().join("config.yaml");
         fs::write(
             &config,
             format!(
-                "listen: 127.0.0.1:{}\nstate_dir: {:?}\nauth: {auth}\nfreeze:\n  timeout: 10s\n  include_mounts: [{:?}]\nhooks: []\n",
-                free_port(),
+                "{listen_auth}state_dir: {:?}\nfreeze:\n  timeout: 10s\n  include_mounts: [{:?}]\nhooks: []\n",
                 dir.path().join("state"),
                 fs.mount
             ),
         )
         .unwrap();
         let daemon = Daemon::start(&config);
-        let url = format!("http://{}", daemon.addr);
+        let url = if daemon.addr.starts_with("unix:") {
+            daemon.addr.clone()
+        } else {
+            format!("http://{}", daemon.addr)
+        };
         Agent {
             daemon,
             fs,
@@ -91,8 +99,7 @@ impl Agent {
             }
         }
         head.push_str("\r\n");
-        let mut s = TcpStream::connect(&self.daemon.addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut s = common::daemon::connect(&self.daemon.addr, Duration::from_secs(30));
         s.write_all(head.as_bytes()).unwrap();
         s.write_all(body.as_bytes()).unwrap();
         let mut out = String::new();
@@ -250,7 +257,7 @@ fn snapshot_runs_cmd_while_frozen_then_thaws_and_succeeds() {
     );
 
     // status shows the agent's health and that snapshot.
-    let st = quiesce(&["status", "--agent", &a.url]);
+    let st = quiesce(&["status", "--json", "--agent", &a.url]);
     assert_eq!(st.code, 0, "{st:#?}");
     let v: Value = serde_json::from_str(&st.stdout).unwrap();
     assert_eq!(v["health"]["status"], "ok");
@@ -385,7 +392,7 @@ fn bad_urls_and_unreachable_agents_are_clear_errors() {
         err.contains(&dead) && err.contains("cannot connect"),
         "{err}"
     );
-    let st = quiesce(&["status", "--agent", &dead]);
+    let st = quiesce(&["status", "--json", "--agent", &dead]);
     assert_eq!(st.code, 1);
     assert!(st.stderr.contains("cannot connect"), "{st:#?}");
     assert!(!is_frozen(&a.fs.mount));
@@ -426,16 +433,217 @@ fn hmac_agents_need_the_key_file() {
     assert!(out.stderr.contains("bad_signature") || out.stderr.contains("401"));
     assert!(out.stderr.contains("check that --key-file"), "{out:#?}");
 
-    let st = quiesce(&["status", "--agent", &a.url, "--key-file", &key]);
+    let st = quiesce(&["status", "--json", "--agent", &a.url, "--key-file", &key]);
     assert_eq!(st.code, 0, "{st:#?}");
     let v: Value = serde_json::from_str(&st.stdout).unwrap();
     assert_eq!(v["snapshots"][0]["state"], "succeeded");
-    let st = quiesce(&["status", "--agent", &a.url]);
+    let st = quiesce(&["status", "--json", "--agent", &a.url]);
     assert_eq!(st.code, 1, "{st:#?}");
     let v: Value = serde_json::from_str(&st.stdout).unwrap();
     assert_eq!(v["health"]["status"], "ok");
     assert!(v["error"].as_str().unwrap().contains("401"));
     assert!(!is_frozen(&a.fs.mount));
+}
+
+/// `quiesce status` for people: a header and a table on a terminal (a pseudo-terminal made by
+/// util-linux `script`), in colour unless NO_COLOR is set, plain when piped; `--json` is
+/// byte for byte the document built from the agent's own answers, as before the human view.
+#[test]
+fn status_is_a_table_on_a_terminal_and_the_same_json_with_json() {
+    require_root();
+    let a = Agent::start(true);
+    let key = a.key_file();
+    let out = quiesce(&["snapshot", "--agent", &a.url, "--key-file", &key]);
+    assert_eq!(out.code, 0, "{out:#?}");
+    assert_eq!(out.snapshots()[0]["state"], "succeeded");
+
+    // --json: exactly {"agent", "health", "snapshots"} from GET /v1/health and /v1/snapshots,
+    // pretty-printed, one trailing newline.
+    let st = quiesce(&["status", "--json", "--agent", &a.url, "--key-file", &key]);
+    assert_eq!(st.code, 0, "{st:#?}");
+    let (_, health) = a.call("GET", "/v1/health", "", false);
+    let (_, list) = a.call("GET", "/v1/snapshots", "", true);
+    let expected = json!({"agent": a.url, "health": health, "snapshots": list["snapshots"]});
+    assert_eq!(
+        st.stdout,
+        format!("{}\n", serde_json::to_string_pretty(&expected).unwrap())
+    );
+
+    let in_pty = |no_color: bool| {
+        let line = format!("{QUIESCE} status --agent {} --key-file {key}", a.url);
+        let mut cmd = Command::new("script");
+        cmd.args(["-qec", &line, "/dev/null"])
+            .stdin(Stdio::null())
+            .env_remove("NO_COLOR");
+        if no_color {
+            cmd.env("NO_COLOR", "1");
+        }
+        let out = cmd.output().expect("script (util-linux) is needed");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).replace("\r\n", "\n")
+    };
+    let tty = in_pty(false);
+    assert!(
+        tty.contains(&format!("{}: \x1b[32mup\x1b[0m, version", a.url)),
+        "{tty:?}"
+    );
+    assert!(tty.contains("\x1b[32msucceeded\x1b[0m"), "{tty:?}");
+    let plain = in_pty(true);
+    assert!(!plain.contains('\x1b'), "NO_COLOR: {plain:?}");
+    let lines: Vec<&str> = plain.lines().collect();
+    assert!(lines[0].starts_with(&format!("quiesce agent {}: up, version ", a.url)));
+    assert!(lines.contains(&"  frozen:    no"), "{plain}");
+    let header = lines
+        .iter()
+        .position(|l| {
+            l.split_whitespace().collect::<Vec<_>>()
+                == ["WHEN", "CHANNEL", "STATE", "CONSISTENCY", "FROZEN", "HOOKS"]
+        })
+        .unwrap_or_else(|| panic!("no table header:\n{plain}"));
+    let row: Vec<&str> = lines[header + 1].split_whitespace().collect();
+    assert_eq!(&row[2..5], ["http", "succeeded", "file_system"], "{plain}");
+    assert!(row[5].parse::<u64>().is_ok() && row[6] == "ms", "{plain}");
+    assert_eq!(row[7], "-", "no hooks: {plain}");
+    // Piped: the same view, without colour.
+    let piped = quiesce(&["status", "--agent", &a.url, "--key-file", &key]);
+    assert_eq!(piped.code, 0);
+    assert_eq!(piped.stdout.replace("\r", ""), plain);
+
+    // Without the key the list is refused: the header still tells what is known, exit 1.
+    let refused = quiesce(&["status", "--agent", &a.url]);
+    assert_eq!(refused.code, 1);
+    assert!(refused.stdout.contains("up, version"), "{refused:#?}");
+    assert!(
+        refused.stdout.contains("snapshots: ") && refused.stdout.contains("401"),
+        "{refused:#?}"
+    );
+}
+
+/// `--watch` redraws (clear screen, frame) every --interval until SIGINT, then exits 0.
+#[test]
+fn status_watch_redraws_until_interrupted() {
+    require_root();
+    let a = Agent::start(false);
+    let child = Command::new(QUIESCE)
+        .args([
+            "status",
+            "--agent",
+            &a.url,
+            "--watch",
+            "--interval",
+            "200ms",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1_000));
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let frames = text.matches("\x1b[H\x1b[2J").count();
+    assert!((2..=8).contains(&frames), "{frames} frames: {text:?}");
+    assert!(
+        text.contains("Every 200ms: quiesce status --agent"),
+        "{text:?}"
+    );
+    assert!(text.contains("no snapshots yet"), "{text:?}");
+}
+
+/// The daemon's exit code tells a configuration error (78, EX_CONFIG: the unit does not
+/// restart) from a runtime failure (1).
+#[test]
+fn the_daemon_exits_78_on_a_config_error_and_1_on_a_runtime_failure() {
+    require_root();
+    let dir = scratch_dir();
+    let bad = dir.path().join("bad.yaml");
+    fs::write(
+        &bad,
+        "listen: 127.0.0.1:1
+no_such_key: 1
+",
+    )
+    .unwrap();
+    let out = quiesce(&["daemon", "--config", bad.to_str().unwrap()]);
+    assert_eq!(out.code, 78, "{out:#?}");
+    assert!(out.stderr.contains("no_such_key"), "{out:#?}");
+    assert!(
+        out.stderr
+            .contains("refusing to start with an invalid configuration"),
+        "{out:#?}"
+    );
+
+    // A valid configuration whose port is taken: a runtime failure.
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let key = dir.path().join("host.key");
+    fs::write(&key, KEY).unwrap();
+    fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).unwrap();
+    let good = dir.path().join("good.yaml");
+    fs::write(
+        &good,
+        format!(
+            "listen: {}
+state_dir: {:?}
+auth: {{mode: hmac, key_file: {:?}}}
+freeze:
+  include_mounts: [{:?}]
+",
+            taken.local_addr().unwrap(),
+            dir.path().join("state"),
+            key,
+            dir.path().join("nothing-mounted-here")
+        ),
+    )
+    .unwrap();
+    let out = quiesce(&["daemon", "--config", good.to_str().unwrap()]);
+    assert_eq!(out.code, 1, "{out:#?}");
+    assert!(out.stderr.contains("cannot bind"), "{out:#?}");
+}
+
+/// The generated man pages and completions (scripts/package.sh ships them) carry the status
+/// flags and the daemon's exit codes.
+#[test]
+fn man_pages_and_completions_carry_the_status_flags_and_the_exit_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let st = Command::new(env!("CARGO_BIN_EXE_quiesce-gen-docs"))
+        .arg(dir.path())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let read = |p: &str| fs::read_to_string(dir.path().join(p)).unwrap();
+    let status = read("man/quiesce-status.8");
+    for flag in ["\\-\\-json", "\\-\\-watch", "\\-\\-interval"] {
+        assert!(
+            status.contains(flag),
+            "{flag} in quiesce-status.8:\n{status}"
+        );
+    }
+    let daemon = read("man/quiesce-daemon.8");
+    assert!(
+        daemon.contains("78  a configuration error (EX_CONFIG)")
+            && daemon.contains("1   a runtime failure"),
+        "{daemon}"
+    );
+    for file in [
+        "completions/quiesce.bash",
+        "completions/_quiesce",
+        "completions/quiesce.fish",
+    ] {
+        let text = read(file);
+        assert!(
+            ["json", "watch", "interval"]
+                .iter()
+                .all(|f| text.contains(f)),
+            "{file}"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -608,7 +816,8 @@ fn callbacks_reach_a_local_receiver() {
 #[test]
 fn a_callback_receiver_that_never_answers_delays_neither_thaw_nor_deadline() {
     require_root();
-    let a = Agent::start(false);
+    // Signed, on loopback TCP: the callback goes to the requesting peer's own address.
+    let a = Agent::start(true);
     let rx = Receiver::start(false);
     let body = |timeout_ms: u64| {
         json!({
@@ -619,13 +828,13 @@ fn a_callback_receiver_that_never_answers_delays_neither_thaw_nor_deadline() {
     };
 
     // The host's thaw is answered at once.
-    let (_, snap) = a.call("POST", "/v1/snapshots", &body(10_000), false);
+    let (_, snap) = a.call("POST", "/v1/snapshots", &body(10_000), true);
     let id = snap["id"].as_str().unwrap().to_string();
     let (_, frozen) = a.call(
         "GET",
         &format!("/v1/snapshots/{id}?wait=frozen&timeout_ms=10000"),
         "",
-        false,
+        true,
     );
     assert_eq!(frozen["state"], "frozen", "{frozen}");
     let t = Instant::now();
@@ -633,7 +842,7 @@ fn a_callback_receiver_that_never_answers_delays_neither_thaw_nor_deadline() {
         "POST",
         &format!("/v1/snapshots/{id}/thaw"),
         r#"{"storage_snapshot":"taken"}"#,
-        false,
+        true,
     );
     assert_eq!(code, 200, "{thawed}");
     assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
@@ -641,19 +850,19 @@ fn a_callback_receiver_that_never_answers_delays_neither_thaw_nor_deadline() {
         "GET",
         &format!("/v1/snapshots/{id}?wait=done&timeout_ms=10000"),
         "",
-        false,
+        true,
     );
     assert_eq!(done["state"], "succeeded", "{done}");
 
     // No thaw: the deadline thaws on time all the same.
-    let (code, snap) = a.call("POST", "/v1/snapshots", &body(1_000), false);
+    let (code, snap) = a.call("POST", "/v1/snapshots", &body(1_000), true);
     assert_eq!(code, 202, "{snap}");
     let id = snap["id"].as_str().unwrap().to_string();
     let (_, done) = a.call(
         "GET",
         &format!("/v1/snapshots/{id}?wait=done&timeout_ms=10000"),
         "",
-        false,
+        true,
     );
     assert_eq!(
         (&done["state"], &done["thaw_reason"]),

@@ -330,7 +330,7 @@ fn listen_and_auth() {
     let w = World::new();
     w.refused_with(
         "bad/auth-none-public.yaml",
-        "CASE/config.yaml:3:3: auth.mode none is refused unless listen is a loopback address, and listen is 0.0.0.0:7380: use auth.mode hmac with a key_file, or listen on 127.0.0.1 or [::1]",
+        "CASE/config.yaml:3:3: auth.mode none is refused unless listen is a unix socket (unix:PATH, root's peers only), and listen is 0.0.0.0:7380: any local user could freeze the filesystems; use auth.mode hmac with a key_file, or listen on unix:/run/quiesce/api.sock",
     );
     w.refused_at(
         "bad/listen-hostname.yaml",
@@ -372,5 +372,101 @@ fn a_missing_config_file_is_an_error() {
         o.stderr
             .starts_with("CASE/config.yaml:1:1: cannot read: No such file or directory"),
         "{o:#?}"
+    );
+}
+
+/// The key in a directory that its owner (not root) controls, swapped with the owner's own
+/// key by RENAME_EXCHANGE as fast as possible while the agent loads and reads it: the owner's
+/// key is never accepted (the directory is refused by the walk, and the key is read from the
+/// one descriptor that was checked).
+#[test]
+fn a_swapped_key_is_never_accepted() {
+    use nix::fcntl::{renameat2, RenameFlags, AT_FDCWD};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let w = World::new();
+    let dir = w.dir.path().join("userdir");
+    fs::create_dir(&dir).unwrap();
+    fs::set_permissions(w.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::chown(&dir, Some(NOBODY), Some(NOBODY)).unwrap();
+    let good = dir.join("host.key");
+    let evil = dir.join("evil.key");
+    fs::write(&good, "root-key-0123456789abcdef0123456789abcdef\n").unwrap();
+    fs::set_permissions(&good, fs::Permissions::from_mode(0o600)).unwrap();
+    fs::write(&evil, "evil-key-0123456789abcdef0123456789abcdef\n").unwrap();
+    fs::set_permissions(&evil, fs::Permissions::from_mode(0o600)).unwrap();
+    std::os::unix::fs::chown(&evil, Some(NOBODY), Some(NOBODY)).unwrap();
+    let config = w.dir.path().join("config.yaml");
+    fs::write(
+        &config,
+        format!(
+            "listen: 127.0.0.1:7380\nstate_dir: /run/quiesce-test-unused\nauth: {{mode: hmac, key_file: {good:?}}}\nfreeze: {{include_mounts: [/nonexistent-quiesce]}}\n"
+        ),
+    )
+    .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let swapper = {
+        let (stop, good, evil) = (stop.clone(), good.clone(), evil.clone());
+        std::thread::spawn(move || {
+            let mut swaps = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                renameat2(
+                    AT_FDCWD,
+                    &good,
+                    AT_FDCWD,
+                    &evil,
+                    RenameFlags::RENAME_EXCHANGE,
+                )
+                .unwrap();
+                swaps += 1;
+            }
+            swaps
+        })
+    };
+    let evil_key = quiesce::auth::Key::from_file_contents(fs::read(&evil).unwrap_or_default());
+    let mut accepted = 0;
+    let mut evil_accepted = 0;
+    for _ in 0..3000 {
+        // What the daemon does at start and on SIGHUP: load (with the key file's rules), read.
+        if let Ok(c) = quiesce::commands::load_config_and_key(&config) {
+            if let Ok(key) = quiesce::http::hmac::read_key(&c) {
+                accepted += 1;
+                if key.ne(&quiesce::auth::Key::from_file_contents(
+                    b"root-key-0123456789abcdef0123456789abcdef\n".to_vec(),
+                )
+                .unwrap())
+                {
+                    evil_accepted += 1;
+                }
+            }
+        }
+        // The read alone, on a path that is swapped under it: the owner's file is refused.
+        if let Ok(bytes) = quiesce::http::hmac::read_key_file(&good) {
+            assert!(
+                bytes.starts_with(b"root-key"),
+                "the swapped-in key was read"
+            );
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let swaps = swapper.join().unwrap();
+    drop(evil_key);
+    assert!(swaps > 1000, "the race did not run ({swaps} swaps)");
+    assert_eq!(evil_accepted, 0, "the owner's key was accepted");
+    assert_eq!(
+        accepted, 0,
+        "a key in a directory that uid 65534 owns was accepted"
+    );
+    // And check-config says why.
+    let out = Command::new(QUIESCE)
+        .args(["check-config", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("which is owned by uid 65534, not root"),
+        "{err}"
     );
 }

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use bus::{Mocks, PrivateBus};
-use common::daemon::{free_port, Daemon};
+use common::daemon::Daemon;
 use common::{require_root, scratch_dir};
 use serde_json::Value;
 
@@ -47,8 +47,8 @@ fn config(dir: &Path, hooks: &str) -> PathBuf {
     fs::write(
         &path,
         format!(
-            "listen: 127.0.0.1:{}\nstate_dir: {:?}\nauth: {{mode: none}}\nfreeze:\n  enabled: false\n  include_mounts: [/nonexistent-quiesce]\nhooks:\n{hooks}",
-            free_port(),
+            "{}state_dir: {:?}\nfreeze:\n  enabled: false\n  include_mounts: [/nonexistent-quiesce]\nhooks:\n{hooks}",
+            common::daemon::unix_listen_none(dir),
             dir.join("state")
         ),
     )

@@ -34,7 +34,8 @@ impl Agent {
         fs::write(
             &config,
             format!(
-                "state_dir: {:?}\nauth: {{mode: none}}\nfreeze:\n  max_timeout: 60s\n  include_mounts: [{}]\n{extra}",
+                "listen: \"unix:{}\"\nstate_dir: {:?}\nauth: {{mode: none}}\nfreeze:\n  max_timeout: 60s\n  include_mounts: [{}]\n{extra}",
+                dir.join("api.sock").display(),
                 state_dir,
                 list.join(", ")
             ),

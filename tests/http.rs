@@ -10,7 +10,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 use std::time::Duration;
 
-use common::daemon::{hook_log, logging_hook, raw_call, scene, Daemon, QUIESCE};
+use common::daemon::{
+    config_key, hook_log, logging_hook, raw_call, raw_call_with, scene, signature_lines,
+    signed_raw_call, Daemon, QUIESCE,
+};
 use common::*;
 use serde_json::{json, Value};
 
@@ -161,10 +164,16 @@ fn bad_requests_get_their_4xx_and_change_nothing() {
         v["error"].as_str().unwrap().contains("cannot be frozen"),
         "{v}"
     );
-    let big = vec![b' '; 70_000];
+    // A signed request with a body too large: 413 (an unsigned one is 401 before any body).
+    let big = " ".repeat(70_000);
+    let key = config_key(&s.config).unwrap();
     assert_eq!(
-        raw_call(&d.addr, "POST", "/v1/snapshots", Some(&big)).0,
+        signed_raw_call(&d.addr, &key, "POST", "/v1/snapshots", &big).0,
         413
+    );
+    assert_eq!(
+        raw_call(&d.addr, "POST", "/v1/snapshots", Some(big.as_bytes())).0,
+        401
     );
     for (m, p) in [
         ("GET", "/v1/snapshots/nope"),
@@ -304,33 +313,32 @@ fn sigkill_while_frozen_is_thawed_by_the_watchdog_and_the_next_start_is_clean() 
     assert_eq!(d2.call("GET", "/v1/health", None).0, 200);
 }
 
+/// Runs `quiesce daemon` on a config of `text`; its exit code and stderr.
+fn daemon_with_config(text: &str) -> (Option<i32>, String) {
+    let dir = scratch_dir();
+    let config = dir.path().join("config.yaml");
+    fs::write(&config, text).unwrap();
+    let out = Command::new(QUIESCE)
+        .args(["daemon", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 #[test]
 fn an_invalid_config_refuses_to_start() {
     require_root();
-    let dir = scratch_dir();
-    let config = dir.path().join("config.yaml");
-    fs::write(&config, "listen: 127.0.0.1:0\nfreeze:\n  timeout: 10\n").unwrap();
-    let out = Command::new(QUIESCE)
-        .args(["daemon", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let (code, err) = daemon_with_config("listen: 127.0.0.1:0\nfreeze:\n  timeout: 10\n");
+    // 78 (EX_CONFIG): a configuration error, on which the unit does not restart (was 1).
+    assert_eq!(code, Some(78), "{err}");
     assert!(err.contains("config.yaml:3:"), "{err}");
     // auth none on a public address is refused too.
-    fs::write(&config, "listen: 0.0.0.0:0\nauth: {mode: none}\n").unwrap();
-    let out = Command::new(QUIESCE)
-        .args(["daemon", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (code, err) = daemon_with_config("listen: 0.0.0.0:0\nauth: {mode: none}\n");
+    assert_eq!(code, Some(78), "{err}");
 }
 
 /// A signed request with the given headers (each may be left out or altered).
@@ -390,9 +398,11 @@ fn hmac_signed_requests_pass_and_forged_stale_or_replayed_ones_get_401() {
     };
 
     // Health and metrics need no signature; everything else does.
-    assert_eq!(d.call("GET", "/v1/health", None).0, 200);
-    assert_eq!(d.call("GET", "/metrics", None).0, 200);
-    let (code, v) = d.call("GET", "/v1/snapshots", None);
+    assert_eq!(raw_call(&d.addr, "GET", "/v1/health", None).0, 200);
+    assert_eq!(raw_call(&d.addr, "HEAD", "/v1/health", None).0, 200);
+    assert_eq!(raw_call(&d.addr, "GET", "/metrics", None).0, 200);
+    let (code, text) = raw_call(&d.addr, "GET", "/v1/snapshots", None);
+    let v: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(code, 401, "{v}");
     assert!(
         v["error"].as_str().unwrap().contains("missing_header"),
@@ -455,4 +465,386 @@ fn hmac_signed_requests_pass_and_forged_stale_or_replayed_ones_get_401() {
     let path = format!("/v1/snapshots/{id}");
     let del = headers("DELETE", &path, "", now(), "nonce-0000000000007");
     assert_eq!(signed_call(&d.addr, "DELETE", &path, "", &del).0, 200);
+}
+
+/// A snapshot of the scene's mount, frozen; returns its id.
+fn frozen_snapshot(d: &Daemon, body: &str) -> String {
+    let (code, snap) = d.call("POST", "/v1/snapshots", Some(body));
+    assert_eq!(code, 202, "{snap}");
+    let id = snap["id"].as_str().unwrap().to_string();
+    let (_, frozen) = d.call(
+        "GET",
+        &format!("/v1/snapshots/{id}?wait=frozen&timeout_ms=20000"),
+        None,
+    );
+    assert_eq!(frozen["state"], "frozen", "{frozen}");
+    id
+}
+
+/// The log lines of a daemon once it has exited.
+fn stop_and_log(d: &mut Daemon) -> String {
+    d.signal("TERM");
+    d.exit(Duration::from_secs(20)).1
+}
+
+/// One hostile client: connects, sends `head`, then trickles `trickle` one byte every 100 ms
+/// until the agent closes the connection; then again, until `stop`.
+fn hostile(
+    addr: String,
+    head: String,
+    trickle: &'static [u8],
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    use std::sync::atomic::Ordering;
+    std::thread::Builder::new()
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let Ok(mut s) = TcpStream::connect(&addr) else {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                };
+                if s.write_all(head.as_bytes()).is_err() {
+                    continue;
+                }
+                for b in trickle.iter().cycle() {
+                    if stop.load(Ordering::Relaxed) || s.write_all(&[*b]).is_err() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        })
+        .unwrap()
+}
+
+#[test]
+fn hostile_clients_cannot_delay_a_signed_thaw() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    require_root();
+    let s = scene("60s", "[]");
+    let mut d = Daemon::start(&s.config);
+    let key = config_key(&s.config).unwrap();
+    let id = frozen_snapshot(&d, r#"{"freeze_timeout_ms":60000}"#);
+    let stop = Arc::new(AtomicBool::new(false));
+    // The hostile threads stop when the test ends, even by a failed assertion.
+    struct StopOnDrop(Arc<AtomicBool>);
+    impl Drop for StopOnDrop {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+    let _stop_guard = StopOnDrop(stop.clone());
+    let mut threads = Vec::new();
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    for i in 0..140 {
+        let head = match i % 4 {
+            // A body trickled after headers that look signed (well-formed, wrong signature).
+            0 => format!(
+                "POST /v1/snapshots HTTP/1.1\r\nHost: x\r\nContent-Length: 65536\r\n\
+                 X-Quiesce-Timestamp: {}\r\nX-Quiesce-Nonce: hostile-nonce-{i:06}\r\n\
+                 X-Quiesce-Signature: {}\r\n\r\n",
+                now(),
+                "0".repeat(64)
+            ),
+            // A body trickled with no signature at all.
+            1 => "POST /v1/snapshots HTTP/1.1\r\nHost: x\r\nContent-Length: 65536\r\n\r\n".into(),
+            // Headers trickled forever.
+            _ => "GET /v1/snapshots HTTP/1.1\r\nHost: x\r\n".into(),
+        };
+        let trickle: &'static [u8] = if i % 4 < 2 { b" " } else { b"X-Slow: a\r\n" };
+        threads.push(hostile(d.addr.clone(), head, trickle, stop.clone()));
+    }
+    // And a flood of unsigned requests.
+    let flooded = Arc::new(AtomicU64::new(0));
+    for _ in 0..4 {
+        let (addr, stop, flooded) = (d.addr.clone(), stop.clone(), flooded.clone());
+        threads.push(std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok(mut s) = TcpStream::connect(&addr) {
+                    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                    let _ = s.write_all(
+                        b"POST /v1/snapshots HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}",
+                    );
+                    let mut out = [0u8; 64];
+                    let _ = s.read(&mut out);
+                    flooded.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    // Let the hostile connections take every place they can.
+    std::thread::sleep(Duration::from_secs(3));
+    // Health is still answered, and the signed thaw at once.
+    let t = std::time::Instant::now();
+    assert_eq!(raw_call(&d.addr, "GET", "/v1/health", None).0, 200);
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "health took {:?}",
+        t.elapsed()
+    );
+    let path = format!("/v1/snapshots/{id}/thaw");
+    let body = r#"{"storage_snapshot":"taken"}"#;
+    let t = std::time::Instant::now();
+    let (code, text) = signed_raw_call(&d.addr, &key, "POST", &path, body);
+    let took = t.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    eprintln!(
+        "signed thaw answered in {took:?} with 140 hostile connections and {} flood requests",
+        flooded.load(Ordering::Relaxed)
+    );
+    assert_eq!(code, 200, "{text}");
+    assert!(
+        took < Duration::from_millis(100),
+        "the signed thaw took {took:?} under attack"
+    );
+    assert!(
+        flooded.load(Ordering::Relaxed) > 50,
+        "the flood did not run"
+    );
+    for t in threads {
+        t.join().unwrap();
+    }
+    let (_, done) = d.call(
+        "GET",
+        &format!("/v1/snapshots/{id}?wait=done&timeout_ms=20000"),
+        None,
+    );
+    assert_eq!(
+        (&done["state"], &done["thaw_reason"]),
+        (&json!("succeeded"), &json!("host")),
+        "{done}"
+    );
+    let log = stop_and_log(&mut d);
+    assert!(log.contains("froze "), "{log}");
+    assert!(log.contains("thawed "), "{log}");
+    assert!(!log.contains("records were dropped"), "{log}");
+}
+
+#[test]
+fn refused_requests_during_a_freeze_do_not_push_out_the_agents_records() {
+    require_root();
+    let s = scene("30s", "[]");
+    let mut d = Daemon::start(&s.config);
+    let id = frozen_snapshot(&d, r#"{"freeze_timeout_ms":4000}"#);
+    // 2200 refused requests, each with a long path, while frozen.
+    let long = format!("/v1/snapshots/{}", "a".repeat(3000));
+    for i in 0..2200 {
+        let path = if i % 2 == 0 {
+            long.as_str()
+        } else {
+            "/v1/snapshots"
+        };
+        assert_eq!(raw_call(&d.addr, "GET", path, None).0, 401);
+    }
+    let (_, done) = d.call(
+        "GET",
+        &format!("/v1/snapshots/{id}?wait=done&timeout_ms=20000"),
+        None,
+    );
+    assert_eq!(done["thaw_reason"], "deadline", "{done}");
+    // Give the summary tick a moment, then look at the whole log.
+    std::thread::sleep(Duration::from_secs(3));
+    let log = stop_and_log(&mut d);
+    assert!(log.contains("froze "), "{log}");
+    assert!(
+        log.contains("the freeze deadline came before the host's thaw"),
+        "the deadline record was lost:\n{}",
+        log.lines().rev().take(20).collect::<Vec<_>>().join("\n")
+    );
+    assert!(log.contains("thawed "));
+    assert!(!log.contains("records were dropped"), "records were lost");
+    let refused = log.lines().filter(|l| l.contains("refused: ")).count();
+    assert!(refused <= 10, "{refused} refusal lines");
+    assert!(log.contains("more unauthenticated requests"), "no summary");
+    assert!(
+        log.lines().all(|l| l.len() < 1000),
+        "a logged path was not cut"
+    );
+}
+
+#[test]
+fn heads_are_limited_and_head_health_is_open() {
+    require_root();
+    let s = scene("30s", "[]");
+    let d = Daemon::start(&s.config);
+    assert_eq!(raw_call(&d.addr, "HEAD", "/v1/health", None).0, 200);
+    let big = format!("X-Big: {}\r\n", "b".repeat(20 * 1024));
+    let (code, _) = raw_call_with(&d.addr, "GET", "/v1/health", None, &big);
+    assert_eq!(code, 431);
+    let ok = format!("X-Small: {}\r\n", "b".repeat(8 * 1024));
+    assert_eq!(
+        raw_call_with(&d.addr, "GET", "/v1/health", None, &ok).0,
+        200
+    );
+}
+
+#[test]
+fn a_bad_signature_is_refused_before_the_body_is_read() {
+    require_root();
+    let s = scene("30s", "[]");
+    let d = Daemon::start(&s.config);
+    // Headers that fail on their own: answered 401 although the announced body never comes.
+    for head in [
+        "POST /v1/snapshots HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n".to_string(),
+        format!(
+            "POST /v1/snapshots HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\
+             X-Quiesce-Timestamp: 1000\r\nX-Quiesce-Nonce: nonce-000000000001\r\n\
+             X-Quiesce-Signature: {}\r\n\r\n",
+            "0".repeat(64)
+        ),
+    ] {
+        let mut c = TcpStream::connect(&d.addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        c.write_all(head.as_bytes()).unwrap();
+        let t = std::time::Instant::now();
+        let mut out = [0u8; 12];
+        c.read_exact(&mut out).unwrap();
+        assert_eq!(&out, b"HTTP/1.1 401");
+        assert!(t.elapsed() < Duration::from_secs(2));
+    }
+}
+
+#[test]
+fn a_request_captured_before_a_restart_is_refused_after_it() {
+    require_root();
+    let s = scene("30s", "[]");
+    let key = config_key(&s.config).unwrap();
+    let mut d = Daemon::start(&s.config);
+    let path = "/v1/snapshots";
+    let captured = signature_lines(&key, "GET", path, b"");
+    assert_eq!(raw_call_with(&d.addr, "GET", path, None, &captured).0, 200);
+    assert_eq!(
+        raw_call_with(&d.addr, "GET", path, None, &captured).0,
+        401,
+        "a replay"
+    );
+    d.signal("TERM");
+    d.wait_exit(Duration::from_secs(10));
+    // The timestamp has second granularity: start the new process in a later second.
+    std::thread::sleep(Duration::from_millis(1100));
+    let d2 = Daemon::start(&s.config);
+    let (code, text) = raw_call_with(&d2.addr, "GET", path, None, &captured);
+    assert_eq!(code, 401, "{text}");
+    assert!(text.contains("before_start"), "{text}");
+    assert_eq!(d2.call("GET", path, None).0, 200);
+}
+
+#[test]
+fn callback_urls_must_point_at_the_requesting_host() {
+    require_root();
+    let s = scene("30s", "[]");
+    let text = fs::read_to_string(&s.config).unwrap()
+        + "callbacks:\n  allow: [\"http://192.0.2.10:9000/hooks/\"]\n";
+    fs::write(&s.config, text).unwrap();
+    let d = Daemon::start(&s.config);
+    for url in [
+        "http://192.0.2.99/cb",
+        "http://user:secret@127.0.0.1:9/cb",
+        "ftp://127.0.0.1/cb",
+        "http://192.0.2.10:9000/other",
+        "http://192.0.2.10:9000.evil/hooks/",
+    ] {
+        let body = json!({ "callback_url": url, "consistency": "file_system" }).to_string();
+        let (code, v) = d.call("POST", "/v1/snapshots", Some(&body));
+        assert_eq!(code, 400, "{url}: {v}");
+    }
+    let (_, list) = d.call("GET", "/v1/snapshots", None);
+    assert_eq!(list["snapshots"], json!([]), "nothing started");
+    for url in ["http://127.0.0.1:9/cb", "http://192.0.2.10:9000/hooks/x"] {
+        let body = json!({ "callback_url": url, "consistency": "file_system" }).to_string();
+        let (code, v) = d.call("POST", "/v1/snapshots", Some(&body));
+        assert_eq!(code, 202, "{url}: {v}");
+        let id = v["id"].as_str().unwrap();
+        let (code, _) = d.call("DELETE", &format!("/v1/snapshots/{id}"), None);
+        assert!(code == 200 || code == 409);
+        d.call(
+            "GET",
+            &format!("/v1/snapshots/{id}?wait=done&timeout_ms=20000"),
+            None,
+        );
+    }
+}
+
+#[test]
+fn the_unix_listener_is_roots_alone_and_needs_no_key() {
+    use std::os::unix::fs::FileTypeExt;
+    require_root();
+    let s = scene("30s", "[]");
+    let sock = s.dir.path().join("api.sock");
+    let text = fs::read_to_string(&s.config).unwrap();
+    let text = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("listen:") {
+                format!("listen: \"unix:{}\"", sock.display())
+            } else if l.starts_with("auth:") {
+                "auth: {mode: none}".to_string()
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    fs::write(&s.config, text + "\n").unwrap();
+    let d = Daemon::start(&s.config);
+    assert_eq!(d.addr, format!("unix:{}", sock.display()));
+    let md = fs::symlink_metadata(&sock).unwrap();
+    assert!(md.file_type().is_socket());
+    assert_eq!(md.permissions().mode() & 0o777, 0o600);
+    assert_eq!(d.call("GET", "/v1/snapshots", None).0, 200);
+    // The CLI reaches it with no key.
+    let out = Command::new(QUIESCE)
+        .args(["status", "--agent", &d.addr])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A peer that is not root is closed without an answer, even with the socket opened to it.
+    fs::set_permissions(&sock, fs::Permissions::from_mode(0o666)).unwrap();
+    fs::set_permissions(s.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let script = format!(
+        "import socket,sys\ns=socket.socket(socket.AF_UNIX)\ns.connect({:?})\ns.sendall(b'GET /v1/snapshots HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n')\ns.settimeout(5)\nsys.stdout.write(repr(s.recv(100)))\n",
+        sock.display().to_string()
+    );
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "python3",
+            "-c",
+            &script,
+        ])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !said.contains("HTTP/1.1"),
+        "a non-root peer got an answer: {said} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    fs::set_permissions(s.dir.path(), fs::Permissions::from_mode(0o700)).unwrap();
+}
+
+#[test]
+fn auth_none_on_tcp_is_refused_even_on_loopback() {
+    require_root();
+    let (code, err) = daemon_with_config("listen: 127.0.0.1:7399\nauth: {mode: none}\n");
+    // A configuration error: EX_CONFIG, so that the unit does not restart on it.
+    assert_eq!(code, Some(78), "{err}");
+    assert!(
+        err.contains("config.yaml:2:8: auth.mode none is refused"),
+        "{err}"
+    );
 }

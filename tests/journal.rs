@@ -5,7 +5,6 @@
 mod common;
 
 use std::fs;
-use std::net::TcpStream;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
@@ -190,7 +189,9 @@ impl NsDaemon {
             .stderr(Stdio::from(err))
             .spawn()
             .expect("start unshare");
-        let addr = format!("127.0.0.1:{port}");
+        // The config listens on a unix socket named after the port (see `config`).
+        let sock = config.parent().unwrap().join(format!("api-{port}.sock"));
+        let addr = format!("unix:{}", sock.display());
         let mut d = NsDaemon {
             child,
             addr,
@@ -202,7 +203,8 @@ impl NsDaemon {
 
     fn wait_listening(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(&self.addr).is_err() {
+        let sock = self.addr.strip_prefix("unix:").unwrap().to_string();
+        while std::os::unix::net::UnixStream::connect(&sock).is_err() {
             if let Ok(Some(st)) = self.child.try_wait() {
                 panic!("the daemon exited ({st}); stderr:\n{}", self.stderr());
             }
@@ -263,7 +265,8 @@ fn config(dir: &Path, fs: &LoopFs, port: u16, hooks: &str) -> PathBuf {
     fs::write(
         &config,
         format!(
-            "listen: 127.0.0.1:{port}\nstate_dir: {:?}\nauth: {{mode: none}}\nfreeze:\n  timeout: 30s\n  include_mounts: [{:?}]\nhooks: {hooks}\n",
+            "listen: \"unix:{}\"\nstate_dir: {:?}\nauth: {{mode: none}}\nfreeze:\n  timeout: 30s\n  include_mounts: [{:?}]\nhooks: {hooks}\n",
+            dir.join(format!("api-{port}.sock")).display(),
             dir.join("state"),
             fs.mount
         ),
@@ -358,10 +361,8 @@ fn journal_records_carry_the_snapshot_hook_mount_and_message_id_fields() {
         assert!(e.get("CODE_LINE").unwrap().parse::<u32>().is_ok(), "{e:?}");
     }
     assert!(
-        all.iter().any(|e| e
-            .get("MESSAGE")
-            .unwrap()
-            .starts_with("listening on 127.0.0.1")),
+        all.iter()
+            .any(|e| e.get("MESSAGE").unwrap().starts_with("listening on ")),
         "{}",
         show(&all)
     );

@@ -276,7 +276,7 @@ fn sighup_puts_a_new_hmac_key_in_force() {
     let agent = format!("http://{}", d.addr);
     let status_with = |key: &Path| {
         Command::new(QUIESCE)
-            .args(["status", "--agent", &agent])
+            .args(["status", "--json", "--agent", &agent])
             .arg("--key-file")
             .arg(key)
             .output()

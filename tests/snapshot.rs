@@ -55,7 +55,8 @@ impl Setup {
         fs::write(
             &path,
             format!(
-                "state_dir: {:?}\nauth: {{mode: none}}\nfreeze:\n  timeout: {timeout}\n  include_mounts: [{}]\nhooks: {hooks_yaml}\n",
+                "listen: \"unix:{}\"\nstate_dir: {:?}\nauth: {{mode: none}}\nfreeze:\n  timeout: {timeout}\n  include_mounts: [{}]\nhooks: {hooks_yaml}\n",
+                self.dir.path().join("api.sock").display(),
                 self.dir.path().join("state"),
                 list.join(", ")
             ),

@@ -68,6 +68,9 @@ fn systemd_analyze_verify_finds_nothing_to_say() {
         "KillMode=mixed",
         "ExecStopPost=/usr/bin/quiesce thaw-all --config /etc/quiesce/config.yaml",
         "WatchdogSec=30s",
+        // The daemon exits 78 on a configuration error: no restart loop on a typo.
+        "Restart=on-failure",
+        "RestartPreventExitStatus=78",
     ] {
         assert!(has(line), "the unit lost {line:?}");
     }

@@ -25,10 +25,24 @@ use crate::logging::ids;
 use crate::snapshot::Context;
 use crate::systemd::notify;
 
-/// A bad configuration: the daemon refuses to start (exit 1), like `check-config`.
+/// A bad configuration: the daemon refuses to start. `main` finds it in the error's chain and
+/// exits [`EX_CONFIG`] (a runtime failure exits 1), so that the unit does not restart on it.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct ConfigRefused(pub String);
+
+/// The exit code of a configuration error (sysexits.h `EX_CONFIG`).
+pub const EX_CONFIG: i32 = 78;
+
+/// Logs a configuration error line by line (journald gets each at error priority) and makes it
+/// the daemon's error: `main` exits [`EX_CONFIG`] without printing it again.
+fn refused(e: ConfigRefused) -> anyhow::Error {
+    for line in e.0.lines() {
+        tracing::error!("{line}");
+    }
+    tracing::error!("refusing to start with an invalid configuration");
+    e.into()
+}
 
 /// Loads and fully validates the configuration, key file included.
 pub fn load(path: &Path) -> Result<Config, ConfigRefused> {
@@ -38,21 +52,14 @@ pub fn load(path: &Path) -> Result<Config, ConfigRefused> {
 /// On top of the post hooks' own timeouts, the time a stop may take (thaw, reports, exit).
 const STOP_SLACK: Duration = Duration::from_secs(15);
 
-/// Runs the daemon until SIGTERM/SIGINT; returns the exit code.
+/// Runs the daemon until SIGTERM/SIGINT; returns the exit code. A configuration error is a
+/// [`ConfigRefused`] in the error's chain (already logged).
 pub async fn run(config_path: PathBuf) -> anyhow::Result<i32> {
     // Before anything else: from here on SIGTERM, SIGINT and SIGHUP are queued, never fatal.
     let mut signals =
         Signals::new([SIGTERM, SIGINT, SIGHUP]).context("installing the signal handlers")?;
-    let config = match load(&config_path) {
-        Ok(c) => c,
-        Err(e) => {
-            for line in e.0.lines() {
-                tracing::error!("{line}");
-            }
-            tracing::error!("refusing to start with an invalid configuration");
-            return Ok(1);
-        }
-    };
+    started_unix();
+    let config = load(&config_path).map_err(refused)?;
     let _lock = AgentLock::acquire(&config.state_dir)
         .with_context(|| format!("locking state_dir {}", config.state_dir.display()))?;
     // A previous run that was killed may have left mounts frozen: thaw them first.
@@ -60,30 +67,39 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<i32> {
     for outcome in recovery::thaw_recorded(&config.state_dir)? {
         tracing::warn!(?outcome, "recovered a mount recorded by a previous run");
     }
-    let listener: http::Listener = match config.listen_address().map_err(anyhow::Error::msg)? {
+    let listen = config
+        .listen_address()
+        .map_err(|e| refused(ConfigRefused(format!("listen: {e}"))))?;
+    let listener: http::Listener = match listen {
         Listen::Tcp(addr) => tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("listen: cannot bind {addr}"))?
             .into(),
         // The error says what to change (no vsock, port in use, permission): no context added.
         Listen::Vsock { port } => http::vsock::bind(port)?.into(),
+        Listen::Unix(path) => http::unix::bind(&path)?,
     };
     let local = listener.local()?;
-    // Bound before READY=1 so that a bad qga.path stops the start, like a bad listen.
+    // Bound before READY=1, like the listener: a socket that cannot be made stops the start.
     let qga = if config.qga.enabled {
         let path = crate::config::QgaPath::parse(&config.qga.path).map_err(anyhow::Error::msg)?;
         Some(crate::qga::Endpoint::bind(&path)?)
     } else {
         None
     };
-    let (auth, callback_key) = credentials(&config)?;
+    // The key file passed the config's checks a moment ago; one that changed since is still
+    // the operator's configuration to fix.
+    let (auth, callback_key) =
+        credentials(&config).map_err(|e| refused(ConfigRefused(format!("{e:#}"))))?;
     let auth = AuthSlot::new(auth);
     let agent = Agent::new(Context {
         config: Arc::new(config),
         exe: PathBuf::from("/proc/self/exe"),
         callback_key,
     });
-    let router = http::router(agent.clone(), auth.clone());
+    let router = http::router(agent.clone(), auth.clone()).layer(
+        axum::middleware::from_fn_with_state(agent.clone(), count_refusals),
+    );
     let qga_task = qga.map(|endpoint| {
         tracing::info!(
             "qga: serving the QEMU guest agent protocol on {}",
@@ -167,6 +183,20 @@ fn signal_name(sig: i32) -> &'static str {
     }
 }
 
+/// Counts the API's 401 answers into the metrics (`quiesce_auth_failures_total`), around the
+/// router: whichever check refused the request, the answer is what a host saw.
+async fn count_refusals(
+    axum::extract::State(agent): axum::extract::State<Arc<Agent>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let response = next.run(req).await;
+    if response.status() == axum::http::StatusCode::UNAUTHORIZED {
+        agent.metrics().auth_refused();
+    }
+    response
+}
+
 /// The request authenticator (`None`: requests are not authenticated) and the callback
 /// signing key of a configuration.
 type Credentials = (
@@ -174,12 +204,19 @@ type Credentials = (
     Option<crate::auth::Key>,
 );
 
+/// The Unix time this process started: signed requests made before it are refused (a
+/// restart must not reopen the replay window of requests captured before it).
+fn started_unix() -> u64 {
+    static STARTED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *STARTED.get_or_init(http::hmac::now_unix)
+}
+
 fn credentials(config: &Config) -> anyhow::Result<Credentials> {
     match config.auth.mode {
         AuthMode::Hmac => {
             let key = http::hmac::read_key(config)?;
             Ok((
-                Some(Arc::new(http::hmac::Hmac::new(key.clone()))),
+                Some(Arc::new(http::hmac::Hmac::new(key.clone(), started_unix()))),
                 Some(key),
             ))
         }
@@ -287,7 +324,7 @@ impl Service {
 /// The status line as it stands: the newest snapshot's, or where the daemon listens.
 fn status_now(agent: &Agent, local: &str) -> String {
     match agent.latest().borrow().as_ref() {
-        Some(s) => notify::status_line(s),
+        Some(s) => s.status_line(),
         None => format!("listening on {local}, no snapshot yet"),
     }
 }
@@ -298,7 +335,7 @@ async fn follow_status(agent: Arc<Agent>) {
     let mut last = String::new();
     while latest.changed().await.is_ok() {
         let line = match latest.borrow_and_update().as_ref() {
-            Some(s) => notify::status_line(s),
+            Some(s) => s.status_line(),
             None => continue,
         };
         if line != last {

@@ -5,9 +5,7 @@
 //! outcome, then `{"event":"done",...}` after the thaw. Exit 0 only when every target froze and
 //! was thawed before the deadline.
 
-use std::os::fd::AsFd;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::Arc;
 
 use anyhow::{bail, Context as _};
@@ -16,15 +14,18 @@ use tokio::io::AsyncBufReadExt;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::cli::FreezeArgs;
+use super::args::FreezeArgs;
 use crate::freezer::protocol::escaped_path;
 use crate::freezer::recovery::{self, AgentLock, Recovery};
 use crate::freezer::select::SkipReason;
 use crate::freezer::session::{rfc3339, MountStatus, Outcome};
 use crate::freezer::{self, FreezeOptions};
 use crate::snapshot::lifecycle::{Reason, Requested, State, ThawReason};
+use crate::snapshot::model::Snapshot;
 use crate::snapshot::ports::{FreezeView, Ports};
-use crate::snapshot::{self, Context, Control, ControlMsg, Outputs, Request, RequestError};
+use crate::snapshot::{
+    self, Context, Control, ControlMsg, Outputs, Prepared, Request, RequestError,
+};
 
 /// A mount that is not frozen, and why.
 #[derive(Debug, Serialize)]
@@ -79,38 +80,8 @@ fn print_report(
 
 /// Runs the command; returns the exit code.
 pub async fn run(args: FreezeArgs) -> anyhow::Result<i32> {
-    let mut config = super::load_config(&args.config.config)?;
-    if !config.freeze.enabled {
-        bail!("freezing is disabled in the configuration (freeze.enabled: false)");
-    }
-    // The operator's own freeze: no hooks.
-    config.hooks.clear();
-    let state_dir = config.state_dir.clone();
-    let exe = PathBuf::from("/proc/self/exe");
-    let ctx = Context {
-        config: Arc::new(config),
-        exe: exe.clone(),
-        callback_key: None,
-    };
-    let ports = Ports::real(&exe);
-    let request = Request {
-        id: crate::agent::new_id(),
-        request_id: None,
-        channel: crate::snapshot::model::Channel::Cli,
-        requested: Requested::FileSystem,
-        freeze_timeout: args.timeout,
-        mounts: (!args.mounts.is_empty()).then(|| args.mounts.clone()),
-        callback_url: None,
-        preflush: !args.no_flush,
-    };
-    // The one check of a request, as for the HTTP API, in this command's words.
-    let prepared = match snapshot::prepare_with(&ctx, &ports, request) {
-        Ok(p) => p,
-        Err(RequestError::Timeout { asked, max }) => {
-            bail!("--timeout {asked} must be above 0 and at most freeze.max_timeout ({max})")
-        }
-        Err(e) => return Err(e.into()),
-    };
+    let (ctx, prepared) = prepare(&args)?;
+    let state_dir = ctx.config.state_dir.clone();
     let _lock = AgentLock::acquire(&state_dir)
         .with_context(|| format!("locking state_dir {}", state_dir.display()))?;
     // Whatever a killed predecessor left frozen is thawed first (same filesystems only).
@@ -118,32 +89,11 @@ pub async fn run(args: FreezeArgs) -> anyhow::Result<i32> {
     let recovered = tokio::task::spawn_blocking(move || recovery::thaw_recorded(&dir))
         .await?
         .context("recovering records in state_dir")?;
-
-    let discovery = &prepared.discovery;
-    // The report lists the mounts the operator may have expected frozen; those left out by the
-    // include list or the --mount list, or hidden, are noise there (check-config shows them).
-    let skipped: Vec<Skipped> = discovery
-        .skipped
-        .iter()
-        .filter(|(_, why)| {
-            !matches!(
-                why,
-                SkipReason::NotIncluded | SkipReason::NotRequested | SkipReason::Shadowed
-            )
-        })
-        .map(|(m, why)| Skipped {
-            path: m.mount_point.clone(),
-            fstype: m.fstype.clone(),
-            reason: why.to_string(),
-        })
-        .collect();
-    if discovery.targets.is_empty() {
-        bail!("no mount to freeze: every mount is skipped (`quiesce check-config` shows why)");
-    }
+    let skipped = skipped(&prepared);
     // Refused before anything runs: a state_dir on a target, a mount point that cannot be
     // opened (the daemon reports these in the snapshot instead; here they are bad input).
     freezer::plan(
-        discovery,
+        &prepared.discovery,
         &FreezeOptions {
             timeout: prepared.timeout,
             preflush: prepared.request.preflush,
@@ -159,7 +109,8 @@ pub async fn run(args: FreezeArgs) -> anyhow::Result<i32> {
     let (controls, rx) = mpsc::channel(4);
     let (report_tx, mut report) = watch::channel(snapshot::initial_snapshot(&prepared));
     let (view_tx, view) = watch::channel(FreezeView::default());
-    let mut task = tokio::spawn(snapshot::run_with(
+    let ports = Ports::real(&ctx.exe);
+    let task = tokio::spawn(snapshot::run_with(
         ctx,
         ports,
         prepared,
@@ -172,20 +123,9 @@ pub async fn run(args: FreezeArgs) -> anyhow::Result<i32> {
     let _ = report
         .wait_for(|s| !matches!(s.state, State::PreHooks | State::Freezing))
         .await;
-    let failed = report
-        .borrow()
-        .errors
-        .iter()
-        .find(|e| e.reason == Reason::FreezeFailed)
-        .map(|e| e.message.clone());
-    if let Some(error) = failed {
+    if let Some(error) = freeze_failure(&report.borrow()) {
         // The watchdog could not start: nothing is frozen; end the snapshot and say why.
-        let _ = controls
-            .send(ControlMsg {
-                control: Control::Shutdown,
-                reply: None,
-            })
-            .await;
+        send(&controls, Control::Shutdown).await;
         let _ = task.await;
         bail!("{error}");
     }
@@ -193,56 +133,23 @@ pub async fn run(args: FreezeArgs) -> anyhow::Result<i32> {
 
     let mut exec_child = match &args.exec {
         Some(cmd) => {
-            let stderr = std::io::stderr().as_fd().try_clone_to_owned()?;
-            Some(
-                tokio::process::Command::new("sh")
-                    .arg("-c")
-                    .arg(cmd)
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::from(stderr))
-                    .spawn()
-                    .with_context(|| format!("running --exec {cmd:?}"))?,
-            )
+            Some(super::spawn_shell(cmd).with_context(|| format!("running --exec {cmd:?}"))?)
         }
         None => None,
     };
     let mut exec_exit_code = None;
-    let told = async {
-        match exec_child.as_mut() {
-            Some(child) => {
-                let status = child.wait().await;
-                status.ok().map(|s| s.code().unwrap_or(-1))
-            }
-            None => {
-                let mut line = String::new();
-                let mut stdin = tokio::io::BufReader::new(tokio::io::stdin());
-                let _ = stdin.read_line(&mut line).await;
-                None
-            }
-        }
-    };
     let control = tokio::select! {
         // The deadline (or an error) thawed first.
         _ = report.wait_for(|s| s.state != State::Frozen) => None,
-        code = told => { exec_exit_code = code; Some(Control::HostThaw { taken: true }) }
+        code = told(exec_child.as_mut()) => { exec_exit_code = code; Some(Control::HostThaw { taken: true }) }
         _ = sigterm.recv() => Some(Control::Shutdown),
         _ = sigint.recv() => Some(Control::Shutdown),
     };
     if let Some(control) = control {
-        let (reply, answer) = oneshot::channel();
-        if controls
-            .send(ControlMsg {
-                control,
-                reply: Some(reply),
-            })
-            .await
-            .is_ok()
-        {
-            let _ = answer.await;
-        }
+        send(&controls, control).await;
     }
     drop(controls);
-    let end = (&mut task).await.context("the snapshot task")?;
+    let end = task.await.context("the snapshot task")?;
     if let (Some(child), None) = (exec_child.as_mut(), exec_exit_code) {
         // The deadline or a signal came first: the command still decides nothing, but its
         // exit code belongs in the report.
@@ -261,4 +168,96 @@ pub async fn run(args: FreezeArgs) -> anyhow::Result<i32> {
         && v.thaw_reason == Some(ThawReason::Host)
         && exec_exit_code.unwrap_or(0) == 0;
     Ok(if ok { 0 } else { 1 })
+}
+
+/// The config (without hooks: the operator's own freeze) and the request, checked as the
+/// HTTP API checks one, in this command's words.
+fn prepare(args: &FreezeArgs) -> anyhow::Result<(Context, Prepared)> {
+    let mut config = super::load_config(&args.config.config)?;
+    if !config.freeze.enabled {
+        bail!("freezing is disabled in the configuration (freeze.enabled: false)");
+    }
+    config.hooks.clear();
+    let exe = PathBuf::from("/proc/self/exe");
+    let ports = Ports::real(&exe);
+    let ctx = Context {
+        config: Arc::new(config),
+        exe,
+        callback_key: None,
+    };
+    let request = Request {
+        id: crate::agent::new_id(),
+        request_id: None,
+        channel: crate::snapshot::model::Channel::Cli,
+        requested: Requested::FileSystem,
+        freeze_timeout: args.timeout,
+        mounts: (!args.mounts.is_empty()).then(|| args.mounts.clone()),
+        callback_url: None,
+        preflush: !args.no_flush,
+    };
+    let prepared = match snapshot::prepare_with(&ctx, &ports, request) {
+        Ok(p) => p,
+        Err(RequestError::Timeout { asked, max }) => {
+            bail!("--timeout {asked} must be above 0 and at most freeze.max_timeout ({max})")
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if prepared.discovery.targets.is_empty() {
+        bail!("no mount to freeze: every mount is skipped (`quiesce check-config` shows why)");
+    }
+    Ok((ctx, prepared))
+}
+
+/// The mounts the operator may have expected frozen; those left out by the include list or the
+/// --mount list, or hidden, are noise here (check-config shows them).
+fn skipped(prepared: &Prepared) -> Vec<Skipped> {
+    prepared
+        .discovery
+        .skipped
+        .iter()
+        .filter(|(_, why)| {
+            !matches!(
+                why,
+                SkipReason::NotIncluded | SkipReason::NotRequested | SkipReason::Shadowed
+            )
+        })
+        .map(|(m, why)| Skipped {
+            path: m.mount_point.clone(),
+            fstype: m.fstype.clone(),
+            reason: why.to_string(),
+        })
+        .collect()
+}
+
+/// Why the freeze could not start at all, if so.
+fn freeze_failure(s: &Snapshot) -> Option<String> {
+    s.errors
+        .iter()
+        .find(|e| e.reason == Reason::FreezeFailed)
+        .map(|e| e.message.clone())
+}
+
+/// Until CMD exits (its exit code), or without CMD until stdin gets a line or ends.
+async fn told(exec_child: Option<&mut tokio::process::Child>) -> Option<i32> {
+    match exec_child {
+        Some(child) => child.wait().await.ok().map(|s| s.code().unwrap_or(-1)),
+        None => {
+            let mut line = String::new();
+            let mut stdin = tokio::io::BufReader::new(tokio::io::stdin());
+            let _ = stdin.read_line(&mut line).await;
+            None
+        }
+    }
+}
+
+/// Hands a control to the snapshot and waits for its answer (after the thaw, for a thaw).
+async fn send(controls: &mpsc::Sender<ControlMsg>, control: Control) {
+    let (reply, answer) = oneshot::channel();
+    let msg = ControlMsg {
+        control,
+        reply: Some(reply),
+    };
+    if controls.send(msg).await.is_ok() {
+        let _ = answer.await;
+    }
 }

@@ -1,10 +1,9 @@
 //! The entry points of the subcommands.
 
+pub mod args;
 pub mod check_config;
 pub mod daemon;
 pub mod freeze;
-pub mod snapshot;
-pub mod status;
 pub mod thaw_all;
 
 use std::path::Path;
@@ -27,4 +26,17 @@ fn load_options(path: &Path, check_key_file: bool) -> LoadOptions {
         missing_main_is_default: path == Path::new(crate::config::DEFAULT_PATH),
         check_key_file,
     }
+}
+
+/// Starts `cmd` with `sh -c`, stdin from /dev/null and its output on our stderr (stdout stays
+/// the report's): the `--exec` CMD of `quiesce freeze` and `quiesce snapshot`.
+pub fn spawn_shell(cmd: &str) -> std::io::Result<tokio::process::Child> {
+    use std::os::fd::AsFd;
+    let stderr = std::io::stderr().as_fd().try_clone_to_owned()?;
+    tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::from(stderr))
+        .spawn()
 }

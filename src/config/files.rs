@@ -244,10 +244,11 @@ pub fn check_command(fs: &dyn Inspect, path: &Path) -> Checked {
     }
 }
 
-/// Checks the HMAC key file.
+/// Checks the HMAC key file, with the same directory walk as a hook command: whoever can
+/// write a directory on the way could swap the key.
 pub fn check_key(fs: &dyn Inspect, path: &Path) -> Checked {
     let mut problems = Vec::new();
-    let Some((real, st)) = resolve(fs, path, false, &mut problems) else {
+    let Some((real, st)) = resolve(fs, path, true, &mut problems) else {
         return Checked {
             real: None,
             problems,
@@ -723,9 +724,21 @@ mod tests {
             key("/etc/quiesce"),
             [Problem::NotRegular { kind: Kind::Dir }]
         );
-        // The key's directories are not the key rule's business.
+        // The key's directories are walked like a hook's: whoever writes one could swap the key.
         t.dir("/etc/quiesce", 0o777, 1000);
-        assert_eq!(check_key(&t, Path::new("/etc/quiesce/k1")).problems, []);
+        assert_eq!(
+            check_key(&t, Path::new("/etc/quiesce/k1")).problems,
+            [
+                Problem::DirOwner {
+                    dir: p("/etc/quiesce"),
+                    uid: 1000
+                },
+                Problem::DirWritable {
+                    dir: p("/etc/quiesce"),
+                    mode: 0o777
+                }
+            ]
+        );
     }
 
     #[test]

@@ -20,8 +20,9 @@
 //!   the variables quiesce sets); a hook needs `pre`, `post` or both, each a non-empty list.
 //! - Hook commands are checked as `files` describes: symlinks are followed and every
 //!   directory on the way, before and after a link, must be trustworthy.
-//! - The key file is checked by [`Config::check_key_file`], not by [`Config::load`]: the local
-//!   commands (`freeze`, `thaw-all`) do not need the key.
+//! - The key file is checked only when [`LoadOptions::check_key_file`] asks for it (the daemon,
+//!   check-config), not by [`Config::load`]: the local commands (`freeze`, `thaw-all`) do not
+//!   need the key.
 //!
 //! [`Config::parse`] reads one text without touching any file (no drop-ins, no hook command
 //! checks): the fuzz target and tests use it.
@@ -170,6 +171,17 @@ impl QgaPath {
     }
 }
 
+/// The `callbacks` section.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Callbacks {
+    /// URL prefixes a host may name as `callback_url` besides its own address.
+    pub allow: Vec<String>,
+}
+
+/// The longest `freeze.max_timeout` and hook `timeout` (contract: at most 1 h).
+pub const MAX_TIMEOUT_CEILING: Duration = Duration::from_secs(3600);
+
 /// `hooks[].on_failure`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
@@ -262,6 +274,7 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub auth: Auth,
     pub freeze: Freeze,
+    pub callbacks: Callbacks,
     pub qga: Qga,
     /// The hooks of the main file, then those of each drop-in, in order.
     pub hooks: Vec<Hook>,
@@ -277,6 +290,7 @@ impl Default for Config {
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
             auth: Auth::default(),
             freeze: Freeze::default(),
+            callbacks: Callbacks::default(),
             qga: Qga::default(),
             hooks: Vec::new(),
             origin: Origin::default(),
@@ -306,17 +320,34 @@ impl Default for Origin {
 }
 
 /// Where the agent listens (`listen`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Listen {
     /// `vsock:PORT`, on any CID of the guest.
     Vsock { port: u32 },
     /// An IP address and port.
     Tcp(SocketAddr),
+    /// `unix:PATH`: a unix socket (mode 0600, root's peers only).
+    Unix(PathBuf),
 }
 
 impl Listen {
     /// Parses `vsock:PORT` or an IP socket address; host names are refused.
     pub fn parse(text: &str) -> Result<Listen, String> {
+        if let Some(path) = text.strip_prefix("unix:") {
+            let p = Path::new(path);
+            if !p.is_absolute() || path.contains('\0') {
+                return Err(format!(
+                    "unix socket path {path:?} must be absolute, e.g. unix:/run/quiesce/api.sock"
+                ));
+            }
+            // sun_path holds 108 bytes with the final NUL.
+            if path.len() > 107 {
+                return Err(format!(
+                    "unix socket path {path:?} is longer than 107 bytes"
+                ));
+            }
+            return Ok(Listen::Unix(p.to_path_buf()));
+        }
         if let Some(port) = text.strip_prefix("vsock:") {
             return match port.parse::<u32>() {
                 Ok(p @ 1..=0xffff_fffe) => Ok(Listen::Vsock { port: p }),
@@ -337,12 +368,10 @@ impl Listen {
         }
     }
 
-    /// A loopback IP address (the only place where `auth.mode: none` is allowed).
-    pub fn is_loopback(&self) -> bool {
-        match self {
-            Listen::Vsock { .. } => false,
-            Listen::Tcp(a) => a.ip().to_canonical().is_loopback(),
-        }
+    /// A unix socket (the only listener where `auth.mode: none` is allowed: its peers are
+    /// root's, checked with SO_PEERCRED).
+    pub fn is_unix(&self) -> bool {
+        matches!(self, Listen::Unix(_))
     }
 }
 
@@ -351,6 +380,7 @@ impl fmt::Display for Listen {
         match self {
             Listen::Vsock { port } => write!(f, "vsock:{port}"),
             Listen::Tcp(a) => write!(f, "{a}"),
+            Listen::Unix(p) => write!(f, "unix:{}", p.display()),
         }
     }
 }
@@ -360,7 +390,8 @@ impl fmt::Display for Listen {
 pub struct LoadOptions {
     /// A missing main file means the defaults (the drop-ins are still read); else an error.
     pub missing_main_is_default: bool,
-    /// Also check the key file ([`Config::check_key_file`]), so that all errors come together.
+    /// Also check the key file (it exists, is a regular file of at least 32 bytes, owned by
+    /// root, with no permission for group or others), so that all errors come together.
     pub check_key_file: bool,
 }
 
@@ -427,17 +458,6 @@ impl Config {
             Ok(config)
         } else {
             sort(&mut errors, &[file.to_path_buf()]);
-            Err(ConfigErrors(errors))
-        }
-    }
-
-    /// Checks the HMAC key file when `auth.mode` is hmac: it exists, is a regular file of at
-    /// least 32 bytes, owned by root, with no permission for group or others.
-    pub fn check_key_file(&self) -> Result<(), ConfigErrors> {
-        let errors = validate::key_file(self, &files::Real);
-        if errors.is_empty() {
-            Ok(())
-        } else {
             Err(ConfigErrors(errors))
         }
     }
@@ -744,7 +764,7 @@ mod tests {
             "2:3: auth.key_file host.key is not an absolute path: write the full path, such as /etc/quiesce/host.key"
         );
         // The key file does not matter without hmac.
-        parse("auth: {mode: none, key_file: host.key}\n").unwrap();
+        parse("listen: unix:/run/q.sock\nauth: {mode: none, key_file: host.key}\n").unwrap();
     }
 
     #[test]
@@ -758,6 +778,7 @@ mod tests {
             "vsock:7380",
             "vsock:1",
             "vsock:4294967294",
+            "unix:/run/quiesce/api.sock",
         ] {
             let c = parse(&format!("listen: \"{good}\"\n")).unwrap();
             assert_eq!(c.listen_address().unwrap().to_string(), good);
@@ -772,6 +793,8 @@ mod tests {
             ("vsock:-1", "from 1 to 4294967294"),
             ("vsock:", "from 1 to 4294967294"),
             ("", "not an IP address"),
+            ("unix:run/api.sock", "must be absolute"),
+            ("unix:", "must be absolute"),
         ] {
             let e = one_error(&format!("state_dir: /run/q\nlisten: \"{bad}\"\n"));
             assert!(e.starts_with("2:1: listen: "), "{bad}: {e}");
@@ -780,27 +803,50 @@ mod tests {
     }
 
     #[test]
-    fn auth_none_only_on_loopback() {
-        for ok in [
+    fn auth_none_only_on_a_unix_socket() {
+        parse("listen: unix:/run/quiesce/api.sock\nauth: {mode: none}\n").unwrap();
+        for bad in [
             "127.0.0.1:7380",
-            "127.9.8.7:1",
             "[::1]:7380",
-            "[::ffff:127.0.0.1]:80",
+            "0.0.0.0:7380",
+            "10.0.0.1:7380",
+            "[::]:7380",
+            "vsock:7380",
         ] {
-            parse(&format!("listen: \"{ok}\"\nauth: {{mode: none}}\n")).unwrap();
-        }
-        for bad in ["0.0.0.0:7380", "10.0.0.1:7380", "[::]:7380", "vsock:7380"] {
             let e = one_error(&format!("listen: \"{bad}\"\nauth:\n  mode: none\n"));
             assert!(
                 e.starts_with(&format!(
-                    "3:3: auth.mode none is refused unless listen is a loopback address, and listen is {bad}"
+                    "3:3: auth.mode none is refused unless listen is a unix socket (unix:PATH, root's peers only), and listen is {bad}"
                 )),
                 "{e}"
             );
         }
+        // The default listen (loopback TCP) is refused too.
+        assert!(one_error("auth: {mode: none}\n").contains(": auth.mode none is refused"));
         // A bad listen is one error, not two.
         let e = one_error("listen: localhost:1\nauth: {mode: none}\n");
         assert!(e.starts_with("1:1: listen:"), "{e}");
+    }
+
+    #[test]
+    fn timeouts_have_a_ceiling_of_one_hour() {
+        parse("freeze: {max_timeout: 1h}\nhooks:\n  - {name: a, pre: [/bin/true], timeout: 1h}\n")
+            .unwrap();
+        assert_eq!(
+            errors("freeze:\n  max_timeout: 3601s\nhooks:\n  - name: a\n    pre: [/bin/true]\n    timeout: 2h\n"),
+            [
+                "2:3: freeze.max_timeout (3601s) is above the ceiling of 1h: no snapshot needs its filesystems frozen longer",
+                "6:5: hook a: timeout (2h) is above the ceiling of 1h",
+            ]
+        );
+    }
+
+    #[test]
+    fn callback_prefixes_are_checked_at_their_place() {
+        parse("callbacks:\n  allow: [\"https://backup.example/q/\"]\n").unwrap();
+        let e = one_error("callbacks:\n  allow:\n    - https://backup.example\n");
+        assert!(e.starts_with("3:7: callbacks.allow: "), "{e}");
+        assert!(e.contains("must end with /"), "{e}");
     }
 
     #[test]
@@ -942,7 +988,7 @@ freeze:
         t.file("/etc/quiesce/host.key", 0o400, 0, 32);
         assert!(validate::key_file(&c, &t).is_empty());
         // Not looked at without hmac.
-        let none = parse("auth: {mode: none}\n").unwrap();
+        let none = parse("listen: unix:/run/q.sock\nauth: {mode: none}\n").unwrap();
         assert!(validate::key_file(&none, &Tree::default()).is_empty());
         // Defaults: the default key, reported at 1:1 of the main file.
         let e = validate::key_file(&Config::default(), &Tree::new());

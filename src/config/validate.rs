@@ -22,13 +22,14 @@ pub fn settings(c: &Config, src: &Source) -> Vec<ConfigError> {
     }
     match c.auth.mode {
         AuthMode::None => {
-            let loopback = matches!(&listen, Ok(l) if l.is_loopback());
-            if listen.is_ok() && !loopback {
+            let unix = matches!(&listen, Ok(l) if l.is_unix());
+            if listen.is_ok() && !unix {
                 errors.push(src.error(
                     &[Key("auth"), Key("mode")],
                     format!(
-                        "auth.mode none is refused unless listen is a loopback address, and listen is {}: \
-                         use auth.mode hmac with a key_file, or listen on 127.0.0.1 or [::1]",
+                        "auth.mode none is refused unless listen is a unix socket (unix:PATH, root's \
+                         peers only), and listen is {}: any local user could freeze the filesystems; \
+                         use auth.mode hmac with a key_file, or listen on unix:/run/quiesce/api.sock",
                         c.listen
                     ),
                 ));
@@ -56,6 +57,24 @@ pub fn settings(c: &Config, src: &Source) -> Vec<ConfigError> {
         ));
     }
     let f = &c.freeze;
+    if f.max_timeout > super::MAX_TIMEOUT_CEILING {
+        errors.push(src.error(
+            &[Key("freeze"), Key("max_timeout")],
+            format!(
+                "freeze.max_timeout ({}) is above the ceiling of 1h: no snapshot needs its \
+                 filesystems frozen longer",
+                crate::duration::format(f.max_timeout)
+            ),
+        ));
+    }
+    for (i, prefix) in c.callbacks.allow.iter().enumerate() {
+        if let Err(e) = crate::callbacks::check_allow_prefix(prefix) {
+            errors.push(src.error(
+                &[Key("callbacks"), Key("allow"), Index(i)],
+                format!("callbacks.allow: {prefix:?}: {e}"),
+            ));
+        }
+    }
     let timeout = [Key("freeze"), Key("timeout")];
     if f.timeout.is_zero() {
         errors.push(src.error(&timeout, "freeze.timeout must be above 0"));
@@ -250,6 +269,14 @@ pub fn hooks(all: &[HookAt<'_>]) -> Vec<ConfigError> {
             errors.push(h.error(
                 &[Key("timeout")],
                 format!("{label}: timeout must be above 0"),
+            ));
+        } else if hook.timeout > super::MAX_TIMEOUT_CEILING {
+            errors.push(h.error(
+                &[Key("timeout")],
+                format!(
+                    "{label}: timeout ({}) is above the ceiling of 1h",
+                    crate::duration::format(hook.timeout)
+                ),
             ));
         }
         for (key, value) in &hook.env {

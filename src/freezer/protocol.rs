@@ -51,7 +51,35 @@ pub struct Plan {
 /// Why mounts are thawed: the lifecycle's reason, on the wire as the contract spells it. The
 /// watchdog's own "the agent died" never goes on the wire (nobody is left to read it): see
 /// [`super::core::ThawCause`].
-pub use crate::snapshot::lifecycle::ThawReason;
+/// Why the mounts were thawed: the one enum of the watchdog's pipe, the snapshot lifecycle and
+/// the reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ThawReason {
+    /// The host said the storage snapshot is done.
+    Host,
+    /// The hard deadline passed.
+    Deadline,
+    /// The snapshot was aborted.
+    Abort,
+    /// The agent is stopping.
+    Shutdown,
+    /// An error inside the agent (or the watchdog lost).
+    Error,
+}
+
+impl ThawReason {
+    /// The contract's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ThawReason::Host => "host",
+            ThawReason::Deadline => "deadline",
+            ThawReason::Abort => "abort",
+            ThawReason::Shutdown => "shutdown",
+            ThawReason::Error => "error",
+        }
+    }
+}
 
 /// Agent → watchdog, after the plan.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

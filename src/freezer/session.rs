@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -165,10 +165,6 @@ pub struct FreezeSession {
     pub mounts: Vec<MountStatus>,
     pub times: Times,
     pub warnings: Vec<String>,
-    /// Set once every mount has an outcome (the storage snapshot may be taken).
-    pub settled: bool,
-    /// Set once the deadline fired.
-    pub deadline_hit: bool,
     /// Set once everything we froze is thawed.
     pub thaw_reason: Option<ThawReason>,
     /// Mounts whose FIFREEZE has not returned at the thaw; the watchdog thaws each on return.
@@ -178,13 +174,6 @@ pub struct FreezeSession {
     /// Log records stay in memory from the freeze request until the thaw (or this session's
     /// end, whichever comes first): the log output may be on a filesystem we freeze.
     log_hold: Option<FrozenHold>,
-}
-
-fn unix_ms_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 impl FreezeSession {
@@ -252,8 +241,6 @@ impl FreezeSession {
                 .collect(),
             times: Times::default(),
             warnings: Vec::new(),
-            settled: false,
-            deadline_hit: false,
             thaw_reason: None,
             pending: Vec::new(),
             freeze_seq: 0,
@@ -310,7 +297,7 @@ impl FreezeSession {
             }
         }
         self.thaw_reason = Some(ThawReason::Error);
-        self.times.thawed_ms = Some(unix_ms_now());
+        self.times.thawed_ms = Some(crate::duration::unix_ms_now());
         self.log_hold = None;
         tracing::error!(
             phase = "thaw",
@@ -318,6 +305,8 @@ impl FreezeSession {
         );
     }
 
+    /// Keeps each mount's outcome and timings, and logs what happened; decides nothing (the
+    /// snapshot's lifecycle does, from the events the driver passes on).
     fn apply(&mut self, ev: &Event) {
         match ev {
             Event::Ready { .. } | Event::SetupFailed { .. } | Event::Finished => {}
@@ -327,7 +316,7 @@ impl FreezeSession {
                 error,
             } => {
                 if let Some(m) = self.mounts.get_mut(*mount) {
-                    m.flush_ms = Some(*duration_us as f64 / 1000.0);
+                    m.flush_ms = Some(ms(*duration_us));
                 }
                 if let Some(e) = error {
                     self.warnings
@@ -355,99 +344,20 @@ impl FreezeSession {
                     m.outcome = Outcome::Freezing;
                 }
             }
-            Event::Frozen { mount, duration_us } => {
-                if let Some(m) = self.mounts.get_mut(*mount) {
-                    tracing::info!(
-                        message_id = ids::FROZEN,
-                        phase = "freeze",
-                        mount = %m.path.display(),
-                        freeze_ms = *duration_us as f64 / 1000.0,
-                        "froze {}",
-                        super::show(&m.path)
-                    );
-                    m.frozen = true;
-                    m.outcome = Outcome::Frozen;
-                    m.freeze_ms = Some(*duration_us as f64 / 1000.0);
-                    m.freeze_seq = Some(self.freeze_seq);
-                    self.freeze_seq += 1;
-                }
-            }
+            Event::Frozen { mount, duration_us } => self.frozen(*mount, *duration_us),
             Event::FreezeFailed {
                 mount,
                 kind,
                 errno,
                 error,
-            } => {
-                if let Some(m) = self.mounts.get_mut(*mount) {
-                    let path = super::show(&m.path);
-                    match kind {
-                        FailKind::AlreadyFrozen => tracing::warn!(
-                            message_id = ids::FOREIGN_FREEZE,
-                            phase = "freeze",
-                            mount = %m.path.display(),
-                            "{path} was already frozen by someone else: left as it is, never \
-                             thawed by us ({error})"
-                        ),
-                        FailKind::Unsupported => tracing::info!(
-                            phase = "freeze",
-                            mount = %m.path.display(),
-                            "{path} cannot be frozen; skipped ({error})"
-                        ),
-                        FailKind::Error => tracing::error!(
-                            message_id = ids::FREEZE_FAILED,
-                            phase = "freeze",
-                            mount = %m.path.display(),
-                            "cannot freeze {path}: {error}"
-                        ),
-                    }
-                    m.outcome = match kind {
-                        FailKind::Unsupported => Outcome::Unsupported,
-                        _ => Outcome::Failed,
-                    };
-                    m.error = Some(error.clone());
-                    m.errno = Some(*errno);
-                    m.fail_kind = Some(*kind);
-                }
-            }
-            Event::AllSettled { unix_ms } => {
-                self.settled = true;
-                self.times.settled_ms = Some(*unix_ms);
-                let frozen = self.mounts.iter().filter(|m| m.frozen).count();
-                if frozen == 0 {
-                    // Nothing of ours is frozen: no reason to keep the log waiting.
-                    self.log_hold = None;
-                }
-                tracing::info!(
-                    phase = "freeze",
-                    "freeze settled: {frozen} of {} mounts frozen",
-                    self.mounts.len()
-                );
-            }
-            Event::DeadlineReached { .. } => {
-                self.deadline_hit = true;
-                tracing::warn!(
-                    message_id = ids::DEADLINE_THAW,
-                    phase = "thaw",
-                    "the freeze deadline came before the host's thaw: thawing"
-                );
-            }
-            Event::Thawed { mount, frozen_us } => {
-                if let Some(m) = self.mounts.get_mut(*mount) {
-                    tracing::info!(
-                        message_id = ids::THAWED,
-                        phase = "thaw",
-                        mount = %m.path.display(),
-                        frozen_ms = *frozen_us as f64 / 1000.0,
-                        "thawed {}",
-                        super::show(&m.path)
-                    );
-                    m.frozen = false;
-                    m.outcome = Outcome::Thawed;
-                    m.frozen_ms = Some(*frozen_us as f64 / 1000.0);
-                    m.thaw_seq = Some(self.thaw_seq);
-                    self.thaw_seq += 1;
-                }
-            }
+            } => self.freeze_failed(*mount, *kind, *errno, error),
+            Event::AllSettled { unix_ms } => self.settled(*unix_ms),
+            Event::DeadlineReached { .. } => tracing::warn!(
+                message_id = ids::DEADLINE_THAW,
+                phase = "thaw",
+                "the freeze deadline came before the host's thaw: thawing"
+            ),
+            Event::Thawed { mount, frozen_us } => self.thawed(*mount, *frozen_us),
             Event::ThawFailed {
                 mount,
                 errno,
@@ -471,37 +381,131 @@ impl FreezeSession {
                 unix_ms,
                 frozen_us,
                 pending,
-            } => {
-                self.thaw_reason = Some(*reason);
-                self.times.thawed_ms = Some(*unix_ms);
-                self.times.frozen_us = *frozen_us;
-                self.pending = pending.clone();
-                for m in self.mounts.iter_mut() {
-                    if m.outcome == Outcome::Pending {
-                        m.outcome = Outcome::Cancelled;
-                    }
-                }
-                for &i in pending {
-                    if let Some(m) = self.mounts.get_mut(i) {
-                        if m.outcome == Outcome::Freezing {
-                            m.error = Some(
-                                "FIFREEZE had not returned at the thaw; the watchdog thaws it \
-                                 the moment it returns"
-                                    .into(),
-                            );
-                        }
-                    }
-                }
-                // Everything is thawed: the records kept meanwhile go out now, before this one.
-                self.log_hold = None;
-                tracing::info!(
-                    phase = "thaw",
-                    reason = reason.as_str(),
-                    frozen_ms = frozen_us.map(|us| us as f64 / 1000.0),
-                    "thaw complete"
-                );
+            } => self.thaw_complete(*reason, *unix_ms, *frozen_us, pending),
+        }
+    }
+
+    fn frozen(&mut self, mount: usize, duration_us: u64) {
+        let Some(m) = self.mounts.get_mut(mount) else {
+            return;
+        };
+        tracing::info!(
+            message_id = ids::FROZEN,
+            phase = "freeze",
+            mount = %m.path.display(),
+            freeze_ms = ms(duration_us),
+            "froze {}",
+            super::show(&m.path)
+        );
+        m.frozen = true;
+        m.outcome = Outcome::Frozen;
+        m.freeze_ms = Some(ms(duration_us));
+        m.freeze_seq = Some(self.freeze_seq);
+        self.freeze_seq += 1;
+    }
+
+    fn freeze_failed(&mut self, mount: usize, kind: FailKind, errno: i32, error: &str) {
+        let Some(m) = self.mounts.get_mut(mount) else {
+            return;
+        };
+        let path = super::show(&m.path);
+        match kind {
+            FailKind::AlreadyFrozen => tracing::warn!(
+                message_id = ids::FOREIGN_FREEZE,
+                phase = "freeze",
+                mount = %m.path.display(),
+                "{path} was already frozen by someone else: left as it is, never thawed by us \
+                 ({error})"
+            ),
+            FailKind::Unsupported => tracing::info!(
+                phase = "freeze",
+                mount = %m.path.display(),
+                "{path} cannot be frozen; skipped ({error})"
+            ),
+            FailKind::Error => tracing::error!(
+                message_id = ids::FREEZE_FAILED,
+                phase = "freeze",
+                mount = %m.path.display(),
+                "cannot freeze {path}: {error}"
+            ),
+        }
+        m.outcome = match kind {
+            FailKind::Unsupported => Outcome::Unsupported,
+            _ => Outcome::Failed,
+        };
+        m.error = Some(error.to_owned());
+        m.errno = Some(errno);
+        m.fail_kind = Some(kind);
+    }
+
+    fn settled(&mut self, unix_ms: u64) {
+        self.times.settled_ms = Some(unix_ms);
+        let frozen = self.mounts.iter().filter(|m| m.frozen).count();
+        if frozen == 0 {
+            // Nothing of ours is frozen: no reason to keep the log waiting.
+            self.log_hold = None;
+        }
+        tracing::info!(
+            phase = "freeze",
+            "freeze settled: {frozen} of {} mounts frozen",
+            self.mounts.len()
+        );
+    }
+
+    fn thawed(&mut self, mount: usize, frozen_us: u64) {
+        let Some(m) = self.mounts.get_mut(mount) else {
+            return;
+        };
+        tracing::info!(
+            message_id = ids::THAWED,
+            phase = "thaw",
+            mount = %m.path.display(),
+            frozen_ms = ms(frozen_us),
+            "thawed {}",
+            super::show(&m.path)
+        );
+        m.frozen = false;
+        m.outcome = Outcome::Thawed;
+        m.frozen_ms = Some(ms(frozen_us));
+        m.thaw_seq = Some(self.thaw_seq);
+        self.thaw_seq += 1;
+    }
+
+    fn thaw_complete(
+        &mut self,
+        reason: ThawReason,
+        unix_ms: u64,
+        frozen_us: Option<u64>,
+        pending: &[usize],
+    ) {
+        self.thaw_reason = Some(reason);
+        self.times.thawed_ms = Some(unix_ms);
+        self.times.frozen_us = frozen_us;
+        self.pending = pending.to_vec();
+        for m in self.mounts.iter_mut() {
+            if m.outcome == Outcome::Pending {
+                m.outcome = Outcome::Cancelled;
             }
         }
+        for &i in pending {
+            if let Some(m) = self.mounts.get_mut(i) {
+                if m.outcome == Outcome::Freezing {
+                    m.error = Some(
+                        "FIFREEZE had not returned at the thaw; the watchdog thaws it the moment \
+                         it returns"
+                            .into(),
+                    );
+                }
+            }
+        }
+        // Everything is thawed: the records kept meanwhile go out now, before this one.
+        self.log_hold = None;
+        tracing::info!(
+            phase = "thaw",
+            reason = reason.as_str(),
+            frozen_ms = frozen_us.map(ms),
+            "thaw complete"
+        );
     }
 
     /// Asks the watchdog to flush and freeze, without waiting (see [`Self::next_event`]).
@@ -521,40 +525,6 @@ impl FreezeSession {
         self.next().await
     }
 
-    /// Flushes and freezes; returns once every mount has an outcome, or once the deadline (or
-    /// another thaw) ended the freeze first.
-    pub async fn freeze(&mut self) {
-        self.log_hold.get_or_insert_with(logging::hold_while_frozen);
-        self.send(&Command::Freeze).await;
-        while !self.settled && self.thaw_reason.is_none() {
-            if self.next().await.is_none() {
-                return;
-            }
-        }
-    }
-
-    /// Waits until the freeze ends by itself (deadline) or `thaw` is called; cancel-safe.
-    pub async fn wait_thawed(&mut self) {
-        while self.thaw_reason.is_none() {
-            if self.next().await.is_none() {
-                return;
-            }
-        }
-    }
-
-    /// Thaws everything (exact reverse order) and returns once nothing of ours is frozen.
-    pub async fn thaw(&mut self, reason: ThawReason) {
-        if self.thaw_reason.is_none() {
-            self.send(&Command::Thaw { reason }).await;
-        }
-        self.wait_thawed().await;
-    }
-
-    /// True when any target froze successfully and is still frozen.
-    pub fn any_frozen(&self) -> bool {
-        self.mounts.iter().any(|m| m.frozen)
-    }
-
     /// Lets go of the watchdog: it lives on alone until its pending calls return and exits.
     pub async fn finish(mut self) {
         self.stdin = None;
@@ -565,11 +535,18 @@ impl FreezeSession {
     }
 }
 
-/// Formats Unix milliseconds as RFC 3339 (UTC, milliseconds); saturates at the year 9999
-/// rather than failing.
+/// Microseconds as fractional milliseconds (reports and logs).
+fn ms(us: u64) -> f64 {
+    us as f64 / 1000.0
+}
+
+/// Formats Unix milliseconds as RFC 3339 (UTC, milliseconds).
+///
+/// Saturates at 9999-12-31T23:59:59.999Z, the last instant RFC 3339 can write (humantime
+/// panics beyond it): a time that far is a bad input, never a reason to panic.
 pub fn rfc3339(unix_ms: u64) -> String {
-    const MAX_MS: u64 = 253_402_300_799_999; // 9999-12-31T23:59:59.999Z
-    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(unix_ms.min(MAX_MS)))
+    const LAST_MS: u64 = 253_402_300_799_999;
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(unix_ms.min(LAST_MS)))
         .to_string()
 }
 
@@ -604,5 +581,16 @@ mod tests {
             err.to_string(),
             "watchdog setup failed: /data no longer holds the planned filesystem"
         );
+    }
+}
+
+#[cfg(test)]
+mod rfc3339_tests {
+    #[test]
+    fn far_times_saturate_instead_of_panicking() {
+        assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00.000Z");
+        for far in [300_000_000_000_000 + 1_700_000_000_000, u64::MAX] {
+            assert_eq!(super::rfc3339(far), "9999-12-31T23:59:59.999Z");
+        }
     }
 }

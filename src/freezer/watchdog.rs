@@ -17,7 +17,7 @@ use std::io::{self, BufRead, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use nix::errno::Errno;
 use nix::sys::signal::{SigSet, Signal};
@@ -195,16 +195,6 @@ impl Drop for EmergencyThaw {
     }
 }
 
-fn unix_ms_of(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-fn unix_ms() -> u64 {
-    unix_ms_of(SystemTime::now())
-}
-
 fn spawn_worker(name: &str, f: impl FnOnce() + Send + 'static) {
     // A failed spawn (out of threads) is reported by the closure's absence: the core treats
     // such a mount as still pending, and the deadline covers it.
@@ -297,7 +287,11 @@ impl Shell {
                 Effect::WriteRecord(i) => {
                     let result = self
                         .records
-                        .write(&self.plan.mounts[i], std::process::id(), unix_ms())
+                        .write(
+                            &self.plan.mounts[i],
+                            std::process::id(),
+                            crate::duration::unix_ms_now(),
+                        )
                         .map_err(|e| RecordFailure {
                             errno: e.raw_os_error().unwrap_or(0),
                             message: e.to_string(),
@@ -350,12 +344,12 @@ impl Shell {
                 deadline_unix_ms,
                 ..
             } => {
-                *at = unix_ms();
+                *at = crate::duration::unix_ms_now();
                 *deadline_unix_ms = self.deadline_unix_ms().unwrap_or(0);
             }
             Event::AllSettled { unix_ms: at }
             | Event::DeadlineReached { unix_ms: at }
-            | Event::ThawComplete { unix_ms: at, .. } => *at = unix_ms(),
+            | Event::ThawComplete { unix_ms: at, .. } => *at = crate::duration::unix_ms_now(),
             _ => {}
         }
     }
@@ -369,7 +363,7 @@ impl Shell {
                 Some(ahead) => wall + ahead,
                 None => wall - mono.duration_since(deadline),
             };
-            self.deadline_unix_ms = Some(unix_ms_of(at));
+            self.deadline_unix_ms = Some(crate::duration::unix_ms(at));
         }
         self.deadline_unix_ms
     }
@@ -392,7 +386,7 @@ mod tests {
         let (tx, _rx) = mpsc::channel();
         let (out, events) = mpsc::channel();
         let mut shell = Shell::new(plan, Vec::new(), tx, out);
-        let before = unix_ms();
+        let before = crate::duration::unix_ms_now();
         assert!(!shell.feed(Input::Freeze));
         let settled = events.try_recv().unwrap();
         assert!(matches!(settled, Event::AllSettled { unix_ms } if unix_ms >= before));

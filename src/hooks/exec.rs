@@ -38,31 +38,24 @@ const ETXTBSY_PAUSE: Duration = Duration::from_millis(20);
 /// How often the kill pass repeats, to catch children forked by processes not yet dead.
 const KILL_PASS: Duration = Duration::from_millis(20);
 
-/// Arguments of the hidden `quiesce hook-exec` subcommand (started by the hook runner).
-#[derive(Debug, clap::Args)]
-pub struct HookExecArgs {
+/// What `quiesce hook-exec` is to do (its command line is `commands::args::HookExecArgs`).
+#[derive(Debug, Clone)]
+pub struct ExecOptions {
     /// Stop the hook's process tree this many milliseconds after it started.
-    #[arg(long, value_name = "MS")]
     pub timeout_ms: u64,
     /// Time between SIGTERM and SIGKILL when the tree is stopped.
-    #[arg(long, value_name = "MS", default_value_t = 2000)]
     pub grace_ms: u64,
     /// Treat end-of-file on stdin as a cancellation (the runner holds the pipe's other end).
-    #[arg(long)]
     pub cancel_on_eof: bool,
-    /// Start the hook only once a `g` byte arrives on stdin (the runner first moves this process
-    /// into the hook's scope unit); end-of-file or a cancelling signal before it means the hook
-    /// never starts.
-    #[arg(long)]
+    /// Start the hook only once a `g` byte arrives on stdin.
     pub wait_go: bool,
     /// The hook's executable and its arguments.
-    #[arg(last = true, required = true, value_name = "ARGV")]
     pub argv: Vec<OsString>,
 }
 
 /// Entry point of `quiesce hook-exec`; returns the process exit code (0 once the result line
 /// is written, whatever the hook did).
-pub fn main(args: &HookExecArgs) -> i32 {
+pub fn main(args: &ExecOptions) -> i32 {
     let report = run(args);
     emit(&HelperEvent::Finished(report));
     0
@@ -82,7 +75,7 @@ enum WaitEnd {
     Cancelled,
 }
 
-fn run(args: &HookExecArgs) -> HelperReport {
+fn run(args: &ExecOptions) -> HelperReport {
     let mut report = HelperReport::default();
     let setup = || -> Result<(SignalFd, File), String> {
         // Blocked before the hook exists, so no SIGCHLD or cancellation can be missed. The hook

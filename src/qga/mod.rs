@@ -248,7 +248,7 @@ async fn freeze(agent: &Agent, mountpoints: Option<Vec<String>>) -> Result<Value
         mounts: mountpoints.map(|m| m.into_iter().map(PathBuf::from).collect()),
         ..Default::default()
     };
-    let id = match agent.create_on(Channel::Qga, body) {
+    let id = match agent.create_on(Channel::Qga, body, None) {
         Ok(Created::New(s) | Created::Existing(s)) => s.id,
         Err(CreateError::Busy { active }) => {
             return Err(Error::generic(format!(
@@ -494,7 +494,7 @@ mod tests {
     #[tokio::test]
     async fn an_http_snapshot_is_its_own_host_s_to_thaw() {
         let mut s = scene("");
-        let created = s.agent.create(CreateBody::default()).unwrap();
+        let created = s.agent.create(CreateBody::default(), None).unwrap();
         let Created::New(snap) = created else {
             panic!("new")
         };

@@ -74,34 +74,9 @@ impl Consistency {
     }
 }
 
-/// Why the mounts were thawed: the one enum of the agent, the watchdog's pipe and the reports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ThawReason {
-    /// The host said the storage snapshot is done.
-    Host,
-    /// The hard deadline passed.
-    Deadline,
-    /// The snapshot was aborted.
-    Abort,
-    /// The agent is stopping.
-    Shutdown,
-    /// An error inside the agent (or the watchdog lost).
-    Error,
-}
-
-impl ThawReason {
-    /// The contract's spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ThawReason::Host => "host",
-            ThawReason::Deadline => "deadline",
-            ThawReason::Abort => "abort",
-            ThawReason::Shutdown => "shutdown",
-            ThawReason::Error => "error",
-        }
-    }
-}
+/// Why the mounts were thawed: the one enum of the agent, the watchdog's pipe and the reports
+/// (defined with the freezer, which acts on it).
+pub use crate::freezer::protocol::ThawReason;
 
 /// The stable codes of a report's `errors[].reason` and `warnings[].reason`
 /// (`docs/http.md` lists them; a test holds the two together).
@@ -120,6 +95,8 @@ pub enum Reason {
     ThawedEarly,
     /// Error: the host reported that the storage snapshot failed.
     StorageSnapshotFailed,
+    /// Error: the snapshot's task failed (a bug); the watchdog thawed what was frozen.
+    InternalError,
     /// Warning: a post hook failed.
     PostHookFailed,
     /// Warning: `freeze.enabled: false`.
@@ -135,13 +112,14 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason an agent reports, errors first.
-    pub const ALL: [Reason; 10] = [
+    pub const ALL: [Reason; 11] = [
         Reason::PreHookFailed,
         Reason::MountNotFrozen,
         Reason::FreezeFailed,
         Reason::Deadline,
         Reason::ThawedEarly,
         Reason::StorageSnapshotFailed,
+        Reason::InternalError,
         Reason::PostHookFailed,
         Reason::FreezeDisabled,
         Reason::NoTargetMounts,
@@ -157,6 +135,7 @@ impl Reason {
             Reason::Deadline => "deadline",
             Reason::ThawedEarly => "thawed_early",
             Reason::StorageSnapshotFailed => "storage_snapshot_failed",
+            Reason::InternalError => "internal_error",
             Reason::PostHookFailed => "post_hook_failed",
             Reason::FreezeDisabled => "freeze_disabled",
             Reason::NoTargetMounts => "no_target_mounts",
@@ -175,6 +154,7 @@ impl Reason {
                 | Reason::Deadline
                 | Reason::ThawedEarly
                 | Reason::StorageSnapshotFailed
+                | Reason::InternalError
         )
     }
 }
@@ -788,6 +768,16 @@ mod tests {
                 pending.extend(next);
             }
         }
+        /// An application snapshot with `hooks`, all pre hooks ok, its one mount frozen.
+        fn frozen(hooks: Vec<HookPlan>) -> Run {
+            let mut r = Run::new(setup(Requested::Application, hooks));
+            r.hooks_answer(&|_| true, true);
+            r.send(Event::FreezeSettled {
+                targets: 1,
+                frozen: 1,
+            });
+            r
+        }
         /// The freezer's answer to the last thaw asked for.
         fn thaw_done(&mut self) {
             let reason = self
@@ -1009,12 +999,7 @@ mod tests {
 
     #[test]
     fn the_deadline_before_the_host_is_crash_and_failed() {
-        let mut r = Run::new(setup(Requested::Application, three_hooks()));
-        r.hooks_answer(&|_| true, true);
-        r.send(Event::FreezeSettled {
-            targets: 1,
-            frozen: 1,
-        });
+        let mut r = Run::frozen(three_hooks());
         r.send(Event::Thawed {
             reason: T::Deadline,
         });
@@ -1062,12 +1047,7 @@ mod tests {
 
     #[test]
     fn abort_while_frozen_thaws_runs_posts_and_ends_aborted() {
-        let mut r = Run::new(setup(Requested::Application, three_hooks()));
-        r.hooks_answer(&|_| true, true);
-        r.send(Event::FreezeSettled {
-            targets: 1,
-            frozen: 1,
-        });
+        let mut r = Run::frozen(three_hooks());
         assert_eq!(r.send(Event::Abort), [Action::Thaw { reason: T::Abort }]);
         assert_eq!(r.lc.state(), S::Thawing);
         // DELETE again, or the host's thaw, while thawing: refused.
@@ -1116,12 +1096,7 @@ mod tests {
 
     #[test]
     fn abort_is_refused_once_the_host_thaw_arrived() {
-        let mut r = Run::new(setup(Requested::Application, three_hooks()));
-        r.hooks_answer(&|_| true, true);
-        r.send(Event::FreezeSettled {
-            targets: 1,
-            frozen: 1,
-        });
+        let mut r = Run::frozen(three_hooks());
         r.send(Event::HostThaw { taken: true });
         assert_eq!(r.lc.handle(Event::Abort), Err(Refusal::HostThawArrived));
         r.thaw_done();
@@ -1130,12 +1105,7 @@ mod tests {
 
     #[test]
     fn abort_after_a_deadline_thaw_ends_aborted_after_the_posts() {
-        let mut r = Run::new(setup(Requested::Application, three_hooks()));
-        r.hooks_answer(&|_| true, true);
-        r.send(Event::FreezeSettled {
-            targets: 1,
-            frozen: 1,
-        });
+        let mut r = Run::frozen(three_hooks());
         r.send(Event::Thawed {
             reason: T::Deadline,
         });
@@ -1166,12 +1136,7 @@ mod tests {
 
     #[test]
     fn shutdown_after_the_host_thaw_lets_the_snapshot_finish() {
-        let mut r = Run::new(setup(Requested::Application, three_hooks()));
-        r.hooks_answer(&|_| true, true);
-        r.send(Event::FreezeSettled {
-            targets: 1,
-            frozen: 1,
-        });
+        let mut r = Run::frozen(three_hooks());
         r.send(Event::HostThaw { taken: true });
         assert!(r.send(Event::Shutdown).is_empty());
         r.thaw_done();
@@ -1252,12 +1217,7 @@ mod tests {
 
     #[test]
     fn the_deadline_racing_the_host_thaw_is_crash_and_failed() {
-        let mut r = Run::new(setup(Requested::Application, three_hooks()));
-        r.hooks_answer(&|_| true, true);
-        r.send(Event::FreezeSettled {
-            targets: 1,
-            frozen: 1,
-        });
+        let mut r = Run::frozen(three_hooks());
         r.send(Event::HostThaw { taken: true });
         // The watchdog had already thawed at the deadline when our thaw reached it.
         r.send(Event::Thawed {
@@ -1289,12 +1249,7 @@ mod tests {
 
     #[test]
     fn a_lost_watchdog_while_frozen_is_an_early_thaw() {
-        let mut r = Run::new(setup(Requested::Application, three_hooks()));
-        r.hooks_answer(&|_| true, true);
-        r.send(Event::FreezeSettled {
-            targets: 1,
-            frozen: 1,
-        });
+        let mut r = Run::frozen(three_hooks());
         r.send(Event::WatchdogLost {
             detail: "the watchdog exited".into(),
         });

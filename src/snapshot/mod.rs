@@ -17,7 +17,7 @@ pub use driver::Outputs;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument;
@@ -116,13 +116,7 @@ pub struct ControlMsg {
     pub reply: Option<oneshot::Sender<Result<(), Refusal>>>,
 }
 
-/// The wall clock, in Unix milliseconds.
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub(crate) use crate::duration::unix_ms_now as now_ms;
 
 /// The Snapshot as it stands when created (state `pre_hooks`).
 pub fn initial_snapshot(p: &Prepared) -> Snapshot {

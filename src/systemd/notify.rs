@@ -10,9 +10,6 @@ use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::time::Duration;
 
-use crate::snapshot::lifecycle::State;
-use crate::snapshot::model::Snapshot;
-
 /// How long a notification that matters (READY, RELOADING, STOPPING) is retried while the
 /// service manager's queue is full; STATUS and WATCHDOG are simply dropped then (the next one
 /// replaces them).
@@ -120,31 +117,4 @@ pub fn watchdog_interval() -> Option<Duration> {
 /// WATCHDOG=1: the main loop is alive.
 pub fn ping() {
     send(&["WATCHDOG=1".into()], false);
-}
-
-/// The status line for a snapshot: its progress while it runs, then its result, e.g.
-/// `last snapshot 2026-11-22T10:00:00Z: application, frozen 41 ms`.
-pub fn status_line(s: &Snapshot) -> String {
-    let frozen = s
-        .frozen_ms
-        .map(|ms| format!(", frozen {ms} ms"))
-        .unwrap_or_default();
-    if !s.state.is_end() {
-        return format!("snapshot {} in progress: {}", s.id, s.state.as_str());
-    }
-    let when = s.finished_at.as_deref().unwrap_or(&s.created_at);
-    let consistency = s
-        .consistency
-        .map(|c| c.as_str())
-        .unwrap_or("no consistency");
-    let outcome = match s.state {
-        State::Succeeded => String::new(),
-        other => format!(" ({})", other.as_str()),
-    };
-    let errors = match s.errors.len() {
-        0 => String::new(),
-        1 => format!(", 1 error: {}", s.errors[0].reason),
-        n => format!(", {n} errors, first: {}", s.errors[0].reason),
-    };
-    format!("last snapshot {when}: {consistency}{outcome}{frozen}{errors}")
 }

@@ -27,6 +27,8 @@ pub struct Daemon {
     pub log: mpsc::Receiver<String>,
     /// Every log line read so far, for failure messages.
     pub seen: Vec<String>,
+    /// Its config file (to find the key that [`Daemon::call`] signs with).
+    pub config: Option<PathBuf>,
 }
 
 impl Daemon {
@@ -80,6 +82,7 @@ impl Daemon {
             addr: String::new(),
             log,
             seen: Vec::new(),
+            config: Some(config.to_path_buf()),
         }
     }
 
@@ -154,10 +157,15 @@ impl Daemon {
         super::run("kill", &[&format!("-{sig}"), &self.child.id().to_string()]);
     }
 
-    /// One request (Connection: close); returns the status and the JSON body (a string when
-    /// the body is not JSON, e.g. metrics).
+    /// One request (Connection: close), signed with the daemon's key when its config has
+    /// `auth.mode: hmac` (the key file is read at each call: a test may change it); returns
+    /// the status and the JSON body (a string when the body is not JSON, e.g. metrics).
     pub fn call(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
-        let (status, text) = raw_call(&self.addr, method, path, body.map(str::as_bytes));
+        let key = self.config.as_deref().and_then(config_key);
+        let (status, text) = match key {
+            Some(key) => signed_raw_call(&self.addr, &key, method, path, body.unwrap_or("")),
+            None => raw_call(&self.addr, method, path, body.map(str::as_bytes)),
+        };
         let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
         (status, value)
     }
@@ -169,13 +177,94 @@ impl Drop for Daemon {
     }
 }
 
-/// One HTTP/1.1 request to `addr`; returns the status and the body text.
+/// The key of a config with `auth.mode: hmac` (the default mode), when its file is readable.
+pub fn config_key(config: &Path) -> Option<quiesce::auth::Key> {
+    let v: serde_yaml::Value = serde_yaml::from_str(&fs::read_to_string(config).ok()?).ok()?;
+    let auth = v.get("auth");
+    let mode = auth
+        .and_then(|a| a.get("mode"))
+        .and_then(|m| m.as_str())
+        .unwrap_or("hmac");
+    if mode != "hmac" {
+        return None;
+    }
+    let file = auth
+        .and_then(|a| a.get("key_file"))
+        .and_then(|k| k.as_str())
+        .unwrap_or("/etc/quiesce/host.key");
+    quiesce::auth::Key::from_file_contents(fs::read(file).ok()?).ok()
+}
+
+/// A stream to `addr`: `unix:PATH` or a TCP address.
+pub trait Stream: Read + Write {}
+impl<T: Read + Write> Stream for T {}
+
+/// Connects to `addr` (`unix:PATH` or `IP:PORT`) with a read timeout.
+pub fn connect(addr: &str, timeout: Duration) -> Box<dyn Stream> {
+    match addr.strip_prefix("unix:") {
+        Some(path) => {
+            let s = std::os::unix::net::UnixStream::connect(path)
+                .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+            s.set_read_timeout(Some(timeout)).unwrap();
+            Box::new(s)
+        }
+        None => {
+            let s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+            s.set_read_timeout(Some(timeout)).unwrap();
+            Box::new(s)
+        }
+    }
+}
+
+/// The three signature headers of a request, as HTTP header lines.
+pub fn signature_lines(key: &quiesce::auth::Key, method: &str, path: &str, body: &[u8]) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let nonce = quiesce::auth::new_nonce().unwrap();
+    quiesce::auth::sign_request(key, method, path, body, now, nonce)
+        .pairs()
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect()
+}
+
+/// [`raw_call`], signed with `key`.
+pub fn signed_raw_call(
+    addr: &str,
+    key: &quiesce::auth::Key,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> (u16, String) {
+    let extra = signature_lines(key, method, path, body.as_bytes());
+    raw_call_with(addr, method, path, Some(body.as_bytes()), &extra)
+}
+
+/// One HTTP/1.1 request to `addr` (`IP:PORT` or `unix:PATH`); returns the status and the
+/// body text.
 pub fn raw_call(addr: &str, method: &str, path: &str, body: Option<&[u8]>) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    raw_call_with(addr, method, path, body, "")
+}
+
+/// [`raw_call`] with extra header lines (each ending in CRLF).
+pub fn raw_call_with(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+    extra: &str,
+) -> (u16, String) {
+    let mut s = connect(addr, Duration::from_secs(60));
     let body = body.unwrap_or(b"");
+    let host = if addr.starts_with("unix:") {
+        "localhost"
+    } else {
+        addr
+    };
     let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}\r\n",
         body.len()
     );
     s.write_all(head.as_bytes()).unwrap();
@@ -205,7 +294,25 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// A loop-mounted ext4 and a daemon config that may freeze only it (auth none, free port).
+/// A key file `DIR/host.key` (root's, 0600) and the `auth` YAML that names it.
+pub fn hmac_auth(dir: &Path) -> String {
+    let key = dir.join("host.key");
+    fs::write(&key, "0123456789abcdef0123456789abcdef-scene-key\n").unwrap();
+    fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).unwrap();
+    format!("{{mode: hmac, key_file: {key:?}}}")
+}
+
+/// `listen: unix:DIR/api.sock` with `auth.mode: none` (root's peers only): for tests that
+/// need no signatures.
+pub fn unix_listen_none(dir: &Path) -> String {
+    format!(
+        "listen: \"unix:{}\"\nauth: {{mode: none}}\n",
+        dir.join("api.sock").display()
+    )
+}
+
+/// A loop-mounted ext4 and a daemon config that may freeze only it (hmac with `DIR/host.key`
+/// on a free loopback port: [`Daemon::call`] signs).
 pub struct Scene {
     pub dir: tempfile::TempDir,
     pub fs: LoopFs,
@@ -220,9 +327,10 @@ pub fn scene(timeout: &str, hooks: &str) -> Scene {
     fs::write(
         &config,
         format!(
-            "listen: 127.0.0.1:{}\nstate_dir: {:?}\nauth: {{mode: none}}\nfreeze:\n  timeout: {timeout}\n  include_mounts: [{:?}]\nhooks: {hooks}\n",
+            "listen: 127.0.0.1:{}\nstate_dir: {:?}\nauth: {}\nfreeze:\n  timeout: {timeout}\n  include_mounts: [{:?}]\nhooks: {hooks}\n",
             free_port(),
             dir.path().join("state"),
+            hmac_auth(dir.path()),
             fs.mount
         ),
     )

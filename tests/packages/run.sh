@@ -10,7 +10,6 @@
 # Needs root. Run by .ci/run; prints "N passed, N failed" at the end.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-repo=$PWD
 
 if [ "$(id -u)" -ne 0 ]; then
   echo "tests/packages/run.sh: needs root (chroot, dpkg into a root)" >&2
@@ -55,8 +54,10 @@ expect() { # expect ACTUAL EXPECTED
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 bumped=$(echo "$version" | awk -F. '{ printf "%d.%d.%d", $1, $2, $3 + 1 }')
 scripts/package.sh
-deb=$repo/target/packages/quiesce_${version}-1_amd64.deb
-rpm_file=$(ls "$repo"/target/packages/quiesce-"$version"-*.rpm)
+# scripts/package.sh writes into cargo's target directory (CARGO_TARGET_DIR honoured).
+packages=$(scripts/cargo-target-dir.sh)/packages
+deb=$packages/quiesce_${version}-1_amd64.deb
+rpm_file=$(ls "$packages"/quiesce-"$version"-*.rpm)
 
 echo "== lintian"
 lintian --fail-on error --no-tag-display-limit "$deb" | tee "$work/lintian.txt" || true
@@ -119,7 +120,7 @@ sed -i 's/^  timeout: 10s /  timeout: 7s  /' "$root/etc/quiesce/config.yaml"
 grep -q '^  timeout: 7s' "$root/etc/quiesce/config.yaml"
 config_before=$(sha256sum < "$root/etc/quiesce/config.yaml")
 scripts/package.sh --version "$bumped" >/dev/null
-cp "$repo/target/packages/quiesce_${bumped}-1_amd64.deb" "$root/tmp/quiesce-new.deb"
+cp "$packages/quiesce_${bumped}-1_amd64.deb" "$root/tmp/quiesce-new.deb"
 check "dpkg -i upgrades it" in_root dpkg -i /tmp/quiesce-new.deb
 check "the new version is installed" expect "$(in_root dpkg-query -W -f '${Version}' quiesce)" "${bumped}-1"
 check "the edited config is kept" expect "$(sha256sum < "$root/etc/quiesce/config.yaml")" "$config_before"

@@ -95,9 +95,11 @@ t_image=$(date +%s)
 ssh-keygen -q -t ed25519 -N '' -C quiesce-vm-test -f "$work/ssh_key"
 (umask 077; python3 -c 'import secrets; print(secrets.token_hex(32), end="")' > "$work/host.key")
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+# Where cargo and scripts/package.sh put their output (CARGO_TARGET_DIR honoured).
+target=$(scripts/cargo-target-dir.sh)
 (
   if scripts/package.sh > "$work/package.log" 2>&1; then
-    cp "target/packages/quiesce_${version}-1_amd64.deb" "$work/quiesce.deb" && touch "$work/deb.ready"
+    cp "$target/packages/quiesce_${version}-1_amd64.deb" "$work/quiesce.deb" && touch "$work/deb.ready"
   else
     touch "$work/deb.failed"
   fi
@@ -122,7 +124,7 @@ if ! VM_WORK=$work VM_DATA=$work/data mmdebstrap --quiet --variant=minbase \
 fi
 wait "$package_pid" || true
 [ -e "$work/deb.ready" ] || { tail -30 "$work/package.log"; fatal "scripts/package.sh builds the .deb"; }
-quiesce=$repo/target/release/quiesce
+quiesce=$target/release/quiesce
 cp "$work"/root/boot/vmlinuz-* "$work/vmlinuz"
 cp "$work"/root/boot/initrd.img-* "$work/initrd.img"
 initrd_kib=$(( $(stat -c %s "$work/initrd.img") / 1024 ))
@@ -428,7 +430,7 @@ fi
 
 echo "== kill -9 of the daemon while /data is frozen"
 if hold_frozen kill 20s; then
-  "$quiesce" status --agent "$agent" --key-file "$work/host.key" > "$work/kill-status.json" 2>/dev/null || true
+  "$quiesce" status --json --agent "$agent" --key-file "$work/host.key" > "$work/kill-status.json" 2>/dev/null || true
   deadline=$(jq -r '[.snapshots[] | select(.state == "frozen")][0].freeze_deadline // empty' "$work/kill-status.json" 2>/dev/null)
   restarts0=$(unit_prop NRestarts)
   pid0=$(unit_prop MainPID)

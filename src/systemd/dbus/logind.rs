@@ -26,13 +26,6 @@ pub struct Inhibitor {
     snapshot_id: String,
 }
 
-impl Inhibitor {
-    /// The snapshot the lock was taken for.
-    pub fn snapshot_id(&self) -> &str {
-        &self.snapshot_id
-    }
-}
-
 impl AsFd for Inhibitor {
     fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
         self.fd.as_fd()

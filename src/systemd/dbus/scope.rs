@@ -71,11 +71,6 @@ pub struct Scope {
 }
 
 impl Scope {
-    /// The unit name.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
     /// SIGKILLs every process left in the scope (`KillUnit(all)`), stops the unit and waits
     /// (at most [`CALL_TIMEOUT`]) until systemd has dropped it. For runs whose tree had to be
     /// stopped (timeout, cancellation, helper lost); never fails, only logs.

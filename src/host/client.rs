@@ -7,15 +7,17 @@
 //! whatever their status; only transport failures are errors, and they name the method, the URL
 //! and what failed.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use reqwest::{Method, Url};
 use serde_json::{json, Value};
 
 use crate::auth::{self, Key};
+use crate::outbound::{
+    describe_error, error_chain, path_and_query, signed_headers, CONNECT_TIMEOUT,
+};
+use crate::snapshot::model::Received;
 
-/// How long establishing a TCP connection may take.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Whole-request limit of the short requests (thaw and abort answer once everything is thawed).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// Added to a long poll's `timeout_ms` for the client's own limit, so that the agent's answer
@@ -71,6 +73,19 @@ impl Reply {
         (200..300).contains(&self.status)
     }
 
+    /// The body as a Snapshot (the answer of the snapshot endpoints; a 409 carries one too).
+    pub fn snapshot(&self) -> Result<Received, String> {
+        Received::from_value(&self.body)
+    }
+
+    /// The Snapshots of a `GET /v1/snapshots` answer, newest first.
+    pub fn snapshots(&self) -> Result<Vec<Received>, String> {
+        match self.body.get("snapshots") {
+            Some(Value::Array(list)) => list.iter().map(Received::from_value).collect(),
+            _ => Err(format!("no list of snapshots in {}", self.body)),
+        }
+    }
+
     /// The agent's `error` message, else the body as text, with the status: for error messages.
     pub fn describe(&self) -> String {
         let reason = reqwest::StatusCode::from_u16(self.status)
@@ -101,28 +116,56 @@ pub struct AgentClient {
     base: Url,
     http: reqwest::Client,
     key: Option<Key>,
+    /// `--agent unix:PATH`: the agent's unix socket (`base` is then `http://localhost/`),
+    /// with the argument as given.
+    unix: Option<(std::path::PathBuf, String)>,
 }
 
 impl AgentClient {
     /// A client for the agent at `base_url` (`http://HOST:PORT`, optionally with a path prefix);
     /// requests are signed when `key` is given.
     pub fn new(base_url: &str, key: Option<Key>) -> Result<AgentClient, ClientError> {
+        if let Some(path) = base_url.strip_prefix("unix:") {
+            if !path.starts_with('/') {
+                return Err(ClientError::BadUrl {
+                    url: base_url.to_string(),
+                    reason: "the socket path must be absolute: unix:/run/quiesce/api.sock".into(),
+                });
+            }
+            return Ok(AgentClient {
+                base: Url::parse("http://localhost/").expect("a valid URL"),
+                http: http_client()?,
+                key,
+                unix: Some((path.into(), base_url.to_string())),
+            });
+        }
         let base = parse_base_url(base_url)?;
         Ok(AgentClient {
             base,
             http: http_client()?,
             key,
+            unix: None,
         })
     }
 
     /// The agent's base URL as given (normalised).
     pub fn base_url(&self) -> &str {
-        self.base.as_str()
+        match &self.unix {
+            Some((_, given)) => given,
+            None => self.base.as_str(),
+        }
     }
 
     /// `GET /v1/health` (never signed: the agent does not check it).
     pub async fn health(&self) -> Result<Reply, ClientError> {
         let url = self.url(&["v1", "health"]);
+        self.send(Method::GET, url, None, REQUEST_TIMEOUT, false)
+            .await
+    }
+
+    /// `GET /metrics` (never signed): the Prometheus text, as a string body.
+    pub async fn metrics(&self) -> Result<Reply, ClientError> {
+        let url = self.url(&["metrics"]);
         self.send(Method::GET, url, None, REQUEST_TIMEOUT, false)
             .await
     }
@@ -197,45 +240,96 @@ impl AgentClient {
         sign: bool,
     ) -> Result<Reply, ClientError> {
         let body = body.unwrap_or_default();
-        let mut request = self
-            .http
-            .request(method.clone(), url.clone())
-            .timeout(limit);
-        if sign {
-            if let Some(key) = &self.key {
-                let headers =
-                    signed_headers(key, method.as_str(), &url, &body).map_err(|source| {
-                        ClientError::Nonce {
-                            method: method.clone(),
-                            url: url.to_string(),
-                            source,
-                        }
-                    })?;
-                for (name, value) in headers.pairs() {
-                    request = request.header(name, value);
-                }
-            }
-        }
-        if !body.is_empty() {
-            request = request
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(body);
-        }
-        let transport = |e: reqwest::Error| ClientError::Transport {
-            method: method.clone(),
-            url: url.to_string(),
-            connect: e.is_connect(),
-            what: describe_error(&e, limit),
+        let signature = match (&self.key, sign) {
+            (Some(key), true) => Some(signed_headers(key, method.as_str(), &url, &body).map_err(
+                |source| ClientError::Nonce {
+                    method: method.clone(),
+                    url: url.to_string(),
+                    source,
+                },
+            )?),
+            _ => None,
         };
-        let response = request.send().await.map_err(transport)?;
-        let status = response.status().as_u16();
-        let bytes = read_limited(response).await.map_err(transport)?;
+        let (status, bytes) = match &self.unix {
+            Some((path, _)) => {
+                self.send_unix(path, &method, &url, signature, body, limit)
+                    .await?
+            }
+            None => {
+                let mut request = self
+                    .http
+                    .request(method.clone(), url.clone())
+                    .timeout(limit);
+                if let Some(headers) = &signature {
+                    for (name, value) in headers.pairs() {
+                        request = request.header(name, value);
+                    }
+                }
+                if !body.is_empty() {
+                    request = request
+                        .header(reqwest::header::CONTENT_TYPE, "application/json")
+                        .body(body);
+                }
+                let transport = |e: reqwest::Error| ClientError::Transport {
+                    method: method.clone(),
+                    url: url.to_string(),
+                    connect: e.is_connect(),
+                    what: describe_error(&e, limit),
+                };
+                let response = request.send().await.map_err(transport)?;
+                let status = response.status().as_u16();
+                (status, read_limited(response).await.map_err(transport)?)
+            }
+        };
         let body = match serde_json::from_slice(&bytes) {
             Ok(v) => v,
             Err(_) if bytes.is_empty() => Value::Null,
             Err(_) => Value::String(String::from_utf8_lossy(&bytes).into_owned()),
         };
         Ok(Reply { status, body })
+    }
+}
+
+impl AgentClient {
+    /// The same request over the agent's unix socket ([`crate::host::unix`]).
+    async fn send_unix(
+        &self,
+        path: &std::path::Path,
+        method: &Method,
+        url: &Url,
+        signature: Option<auth::SignedHeaders>,
+        body: Vec<u8>,
+        limit: Duration,
+    ) -> Result<(u16, Vec<u8>), ClientError> {
+        let shown = format!("unix:{}{}", path.display(), path_and_query(url));
+        let mut request = hyper::Request::builder()
+            .method(method.as_str())
+            .uri(path_and_query(url))
+            .header("host", "localhost")
+            .header("user-agent", concat!("quiesce/", env!("CARGO_PKG_VERSION")));
+        if let Some(headers) = &signature {
+            for (name, value) in headers.pairs() {
+                request = request.header(name, value);
+            }
+        }
+        if !body.is_empty() {
+            request = request.header("content-type", "application/json");
+        }
+        let request = request
+            .header("content-length", body.len())
+            .body(axum::body::Body::from(body))
+            .map_err(|e| ClientError::BadUrl {
+                url: shown.clone(),
+                reason: e.to_string(),
+            })?;
+        crate::host::unix::send(path, request, limit, MAX_REPLY_BYTES)
+            .await
+            .map_err(|(what, connect)| ClientError::Transport {
+                method: method.clone(),
+                url: shown,
+                what,
+                connect,
+            })
     }
 }
 
@@ -298,69 +392,6 @@ fn http_client() -> Result<reqwest::Client, ClientError> {
         .user_agent(concat!("quiesce/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|e| ClientError::Setup(error_chain(&e)))
-}
-
-/// The origin form of `url` as sent on the request line: the path, and `?query` if any.
-pub fn path_and_query(url: &Url) -> String {
-    match url.query() {
-        Some(q) => format!("{}?{q}", url.path()),
-        None => url.path().to_string(),
-    }
-}
-
-/// The contract's three headers for a request to `url` with `body`, signed now with a new nonce.
-pub fn signed_headers(
-    key: &Key,
-    method: &str,
-    url: &Url,
-    body: &[u8],
-) -> std::io::Result<auth::SignedHeaders> {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    Ok(auth::sign_request(
-        key,
-        method,
-        &path_and_query(url),
-        body,
-        now,
-        auth::new_nonce()?,
-    ))
-}
-
-/// What failed, in words an operator can act on, with the underlying causes.
-pub fn describe_error(e: &reqwest::Error, limit: Duration) -> String {
-    let what = if e.is_connect() {
-        "cannot connect"
-    } else if e.is_timeout() {
-        return format!(
-            "no answer within {} ({})",
-            crate::duration::format(limit),
-            error_chain(e)
-        );
-    } else if e.is_body() || e.is_decode() {
-        "the answer broke off"
-    } else {
-        "the request failed"
-    };
-    format!("{what}: {}", error_chain(e))
-}
-
-/// The error and its sources, deduplicated (reqwest repeats the URL in its own message).
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut next = e.source();
-    while let Some(cause) = next {
-        let text = cause.to_string();
-        if !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        next = cause.source();
-    }
-    if parts.is_empty() {
-        parts.push(e.to_string());
-    }
-    parts.join(": ")
 }
 
 #[cfg(test)]

@@ -31,61 +31,19 @@
 
 use std::collections::HashSet;
 use std::future::Future;
-use std::os::fd::AsFd;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use clap::{Args, ValueEnum};
 use serde_json::{json, Map, Value};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
 use crate::auth::Key;
-use crate::client::AgentClient;
-
-/// Arguments of `quiesce snapshot`.
-#[derive(Debug, Args)]
-pub struct SnapshotArgs {
-    /// The agent's URL, e.g. http://192.0.2.10:7380; several form a consistency group.
-    #[arg(long = "agent", value_name = "URL", required = true)]
-    pub agents: Vec<String>,
-    /// The shared HMAC key (the agents' auth.key_file); without it requests are not signed.
-    #[arg(long, value_name = "F")]
-    pub key_file: Option<PathBuf>,
-    /// The storage-level snapshot: run once with `sh -c` while every agent is frozen (its
-    /// output goes to stderr); thaw `taken` if it exits 0, else `failed`. Without it, the
-    /// agents are thawed `taken` as soon as all are frozen.
-    #[arg(long, value_name = "CMD")]
-    pub exec: Option<String>,
-    /// The consistency to ask for (the agent's default: application).
-    #[arg(long, value_enum, value_name = "LEVEL")]
-    pub consistency: Option<ConsistencyArg>,
-    /// The agents' hard deadline after freezing (e.g. 10s; default: their freeze.timeout).
-    #[arg(long, value_name = "DURATION", value_parser = crate::duration::parse)]
-    pub freeze_timeout: Option<Duration>,
-    /// Freeze only this mount point (repeatable; on every agent, each must be a candidate).
-    #[arg(long = "mount", value_name = "PATH")]
-    pub mounts: Vec<PathBuf>,
-}
-
-/// `--consistency`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ConsistencyArg {
-    Application,
-    #[value(name = "file_system")]
-    FileSystem,
-}
-
-impl ConsistencyArg {
-    fn as_str(self) -> &'static str {
-        match self {
-            ConsistencyArg::Application => "application",
-            ConsistencyArg::FileSystem => "file_system",
-        }
-    }
-}
+use crate::commands::args::SnapshotArgs;
+use crate::host::client::AgentClient;
+use crate::snapshot::lifecycle::{State, ThawReason};
+use crate::snapshot::model::Received;
 
 /// Longest wait for a snapshot to get through its pre hooks and freeze.
 pub const FREEZE_WAIT: Duration = Duration::from_secs(600);
@@ -104,14 +62,14 @@ struct Member {
     url: String,
     id: Option<String>,
     /// The last Snapshot the agent sent.
-    last: Option<Value>,
+    last: Option<Received>,
     /// What went wrong, as told on stderr and put in the report.
     error: Option<String>,
 }
 
 impl Member {
-    fn state(&self) -> Option<&str> {
-        self.last.as_ref()?.get("state")?.as_str()
+    fn state(&self) -> Option<State> {
+        Some(self.last.as_ref()?.snapshot.state)
     }
 
     fn fail(&mut self, message: String) {
@@ -123,8 +81,9 @@ impl Member {
 
     fn report(&self) -> Value {
         let mut entry = match &self.last {
-            Some(Value::Object(snapshot)) => snapshot.clone(),
-            _ => {
+            // Exactly what the agent sent, fields unknown to this client included.
+            Some(received) => received.raw.clone(),
+            None => {
                 let mut m = Map::new();
                 m.insert("id".into(), json!(self.id));
                 m.insert("state".into(), Value::Null);
@@ -139,7 +98,7 @@ impl Member {
     }
 
     fn succeeded(&self) -> bool {
-        self.error.is_none() && self.state() == Some("succeeded")
+        self.error.is_none() && self.state() == Some(State::Succeeded)
     }
 }
 
@@ -319,10 +278,13 @@ async fn create_all(members: &mut [Member], body: &Value, keyed: bool) {
         .collect();
     for (m, reply) in members.iter_mut().zip(parallel(futures).await) {
         match reply {
-            Ok(r) if r.is_success() && r.body.get("id").and_then(Value::as_str).is_some() => {
-                m.id = r.body["id"].as_str().map(String::from);
-                m.last = Some(r.body);
-            }
+            Ok(r) if r.is_success() => match r.snapshot() {
+                Ok(s) => {
+                    m.id = Some(s.snapshot.id.clone());
+                    m.last = Some(s);
+                }
+                Err(e) => m.fail(format!("{}: the agent's answer to the create: {e}", m.url)),
+            },
             Ok(r) => {
                 let why = format!(
                     "{}: the agent refused the snapshot: {}{}",
@@ -340,7 +302,7 @@ async fn create_all(members: &mut [Member], body: &Value, keyed: bool) {
 /// Waits until every started snapshot reached `frozen`; false if one did not (with its error).
 async fn wait_frozen(members: &mut [Member]) -> bool {
     wait_all(members, "frozen", FREEZE_WAIT).await;
-    if members.len() > 1 && members.iter().all(|m| m.state() == Some("frozen")) {
+    if members.len() > 1 && members.iter().all(|m| m.state() == Some(State::Frozen)) {
         // The early ones may have been thawed by their deadline while the group waited.
         let futures = members
             .iter()
@@ -351,7 +313,10 @@ async fn wait_frozen(members: &mut [Member]) -> bool {
             .collect();
         for (m, reply) in members.iter_mut().zip(parallel(futures).await) {
             match reply {
-                Ok(r) if r.status == 200 => m.last = Some(r.body),
+                Ok(r) if r.status == 200 => match r.snapshot() {
+                    Ok(s) => m.last = Some(s),
+                    Err(e) => m.fail(format!("{}: {e}", m.url)),
+                },
                 Ok(r) => m.fail(format!("{}: {}", m.url, r.describe())),
                 Err(e) => m.fail(e.to_string()),
             }
@@ -363,27 +328,22 @@ async fn wait_frozen(members: &mut [Member]) -> bool {
             all = false;
             continue;
         }
-        match m.state() {
-            Some("frozen") => {
-                let consistency = m
-                    .last
-                    .as_ref()
-                    .map_or(Value::Null, |s| s["consistency"].clone());
+        let last = m.last.as_ref().map(|r| &r.snapshot);
+        match last {
+            Some(s) if s.state == State::Frozen => {
                 eprintln!(
-                    "quiesce snapshot: {}: snapshot {} frozen (consistency {consistency})",
+                    "quiesce snapshot: {}: snapshot {} frozen (consistency {})",
                     m.url,
-                    m.id.as_deref().unwrap_or("?")
+                    m.id.as_deref().unwrap_or("?"),
+                    json_text(&s.consistency)
                 );
             }
-            other => {
-                let errors = m
-                    .last
-                    .as_ref()
-                    .and_then(|s| s.get("errors"))
-                    .and_then(Value::as_array)
-                    .map(|e| {
-                        e.iter()
-                            .filter_map(|p| p.get("message").and_then(Value::as_str))
+            _ => {
+                let errors = last
+                    .map(|s| {
+                        s.errors
+                            .iter()
+                            .map(|p| p.message.as_str())
                             .collect::<Vec<_>>()
                             .join("; ")
                     })
@@ -394,7 +354,7 @@ async fn wait_frozen(members: &mut [Member]) -> bool {
                     "{}: snapshot {} is not frozen (state {}){errors}",
                     m.url,
                     m.id.as_deref().unwrap_or("?"),
-                    other.unwrap_or("unknown")
+                    last.map_or("unknown", |s| s.state.as_str())
                 );
                 m.fail(why);
                 all = false;
@@ -425,12 +385,16 @@ async fn wait_all(members: &mut [Member], wait: &'static str, budget: Duration) 
     }
 }
 
-fn reached(wait: &str, snapshot: &Value) -> bool {
-    let state = snapshot.get("state").and_then(Value::as_str).unwrap_or("");
+fn reached(wait: &str, state: State) -> bool {
     match wait {
-        "frozen" => !matches!(state, "pre_hooks" | "freezing"),
-        _ => matches!(state, "succeeded" | "failed" | "aborted"),
+        "frozen" => !matches!(state, State::PreHooks | State::Freezing),
+        _ => state.is_end(),
     }
+}
+
+/// A field as the JSON text the agent would have sent (`"application"`, `null`).
+fn json_text<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_default()
 }
 
 async fn wait_one(
@@ -438,7 +402,7 @@ async fn wait_one(
     id: String,
     wait: &'static str,
     budget: Duration,
-) -> (Option<Value>, Option<String>) {
+) -> (Option<Received>, Option<String>) {
     let start = Instant::now();
     let mut last = None;
     let mut failures = 0;
@@ -447,9 +411,13 @@ async fn wait_one(
         let poll = u64::try_from(left.min(POLL).as_millis()).unwrap_or(0);
         match client.get(&id, Some(wait), poll).await {
             Ok(r) if r.status == 200 => {
+                let received = match r.snapshot() {
+                    Ok(s) => s,
+                    Err(e) => return (last, Some(format!("snapshot {id}: {e}"))),
+                };
                 failures = 0;
-                let done = reached(wait, &r.body);
-                last = Some(r.body);
+                let done = reached(wait, received.snapshot.state);
+                last = Some(received);
                 if done {
                     return (last, None);
                 }
@@ -476,17 +444,7 @@ async fn wait_one(
 /// Runs CMD with `sh -c`; true when it exited 0. An interrupt kills it (false).
 async fn run_exec(cmd: &str, interrupt: &mut Interrupt) -> bool {
     eprintln!("quiesce snapshot: every agent is frozen: running {cmd:?}");
-    let started = std::io::stderr()
-        .as_fd()
-        .try_clone_to_owned()
-        .and_then(|stderr| {
-            tokio::process::Command::new("sh")
-                .arg("-c")
-                .arg(cmd)
-                .stdin(Stdio::null())
-                .stdout(Stdio::from(stderr))
-                .spawn()
-        });
+    let started = crate::commands::spawn_shell(cmd);
     let mut child = match started {
         Ok(c) => c,
         Err(e) => {
@@ -538,9 +496,14 @@ async fn thaw_all(members: &mut [Member], taken: bool) {
     let replies = parallel(futures).await;
     for (m, reply) in members.iter_mut().filter(|m| m.id.is_some()).zip(replies) {
         match reply {
-            Ok(r) if r.is_success() => m.last = Some(r.body),
+            Ok(r) if r.is_success() => match r.snapshot() {
+                Ok(s) => m.last = Some(s),
+                Err(e) => m.fail(format!("{}: the agent's answer to the thaw: {e}", m.url)),
+            },
             Ok(r) => {
-                let late = r.body.get("thaw_reason").and_then(Value::as_str) == Some("deadline");
+                // A 409 carries the Snapshot: its deadline may have come first.
+                let late = r.snapshot().ok().and_then(|s| s.snapshot.thaw_reason)
+                    == Some(ThawReason::Deadline);
                 m.fail(format!(
                     "{}: the thaw was refused: {}{}",
                     m.url,
@@ -574,8 +537,8 @@ async fn abort_all(members: &mut [Member]) {
         match reply {
             // 409: it had already ended, which is what an abort wants.
             Ok(r) if r.is_success() || r.status == 409 => {
-                if r.body.get("id").is_some() {
-                    m.last = Some(r.body);
+                if let Ok(s) = r.snapshot() {
+                    m.last = Some(s);
                 }
                 if m.error.is_none() {
                     m.error = Some(
@@ -601,16 +564,14 @@ async fn wait_end(members: &mut [Member]) {
     // Those already ended (an abort answered 409) need no poll, but one costs nothing.
     wait_all(members, "done", END_WAIT).await;
     for m in members.iter_mut() {
-        if let Some(state) = m.state() {
-            if m.id.is_some() && state != "succeeded" && m.error.is_none() {
-                let reason = m
-                    .last
-                    .as_ref()
-                    .map_or(Value::Null, |s| s["thaw_reason"].clone());
+        if let Some(s) = m.last.as_ref().map(|r| &r.snapshot) {
+            if m.id.is_some() && s.state != State::Succeeded && m.error.is_none() {
                 eprintln!(
-                    "quiesce snapshot: {}: snapshot {} ended {state} (thaw_reason {reason})",
+                    "quiesce snapshot: {}: snapshot {} ended {} (thaw_reason {})",
                     m.url,
-                    m.id.as_deref().unwrap_or("?")
+                    m.id.as_deref().unwrap_or("?"),
+                    s.state.as_str(),
+                    json_text(&s.thaw_reason)
                 );
             }
         }
@@ -708,18 +669,18 @@ mod tests {
 
     #[test]
     fn reached_is_past_freezing_or_an_end() {
-        let s = |state: &str| json!({ "state": state });
-        for st in ["pre_hooks", "freezing"] {
-            assert!(!reached("frozen", &s(st)));
+        use State::*;
+        for st in [PreHooks, Freezing] {
+            assert!(!reached("frozen", st));
         }
-        for st in ["frozen", "thawing", "post_hooks", "failed"] {
-            assert!(reached("frozen", &s(st)));
+        for st in [Frozen, Thawing, PostHooks, Failed] {
+            assert!(reached("frozen", st));
         }
-        for st in ["frozen", "thawing", "post_hooks"] {
-            assert!(!reached("done", &s(st)));
+        for st in [Frozen, Thawing, PostHooks] {
+            assert!(!reached("done", st));
         }
-        for st in ["succeeded", "failed", "aborted"] {
-            assert!(reached("done", &s(st)));
+        for st in [Succeeded, Failed, Aborted] {
+            assert!(reached("done", st));
         }
     }
 
