@@ -525,4 +525,35 @@ mod tests {
             json!({"return": 1})
         );
     }
+
+    #[tokio::test]
+    async fn an_unreachable_forward_is_a_generic_error_and_info_still_answers() {
+        let mut s = scene("");
+        let mut ctx = s.agent.context();
+        let mut config = (*ctx.config).clone();
+        config.qga.forward = "unix:/nonexistent/qemu-ga.sock".into();
+        ctx.config = Arc::new(config);
+        s.agent.set_context(ctx);
+        let r = s.call(r#"{"execute":"guest-get-osinfo","id":"x"}"#).await;
+        assert_eq!(
+            (r["error"]["class"].as_str(), r["id"].as_str()),
+            (Some("GenericError"), Some("x")),
+            "{r}"
+        );
+        assert!(
+            r["error"]["desc"]
+                .as_str()
+                .unwrap()
+                .contains("cannot relay"),
+            "{r}"
+        );
+        let info = s.call(r#"{"execute":"guest-info"}"#).await;
+        assert_eq!(
+            info["return"]["supported_commands"]
+                .as_array()
+                .unwrap()
+                .len(),
+            protocol::SERVED.len()
+        );
+    }
 }
