@@ -11,11 +11,11 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 missing=()
 for tool in mkfs.ext4 e2fsck dumpe2fs mkfs.xfs xfs_repair xfs_logprint losetup fsfreeze blkid mount unshare \
-    systemd-analyze systemd-tmpfiles dbus-daemon /usr/lib/postgresql/15/bin/initdb mariadbd shellcheck promtool; do
+    systemd-analyze systemd-tmpfiles dbus-daemon /usr/lib/postgresql/15/bin/initdb mariadbd shellcheck promtool qemu-ga; do
   command -v "$tool" >/dev/null 2>&1 || PATH="$PATH:/usr/sbin:/sbin" command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
 if [ ${#missing[@]} -gt 0 ]; then
-  echo "scripts/test.sh: missing tools: ${missing[*]} (apt-get install e2fsprogs xfsprogs util-linux mount systemd dbus-daemon postgresql mariadb-server shellcheck prometheus)" >&2
+  echo "scripts/test.sh: missing tools: ${missing[*]} (apt-get install e2fsprogs xfsprogs util-linux mount systemd dbus-daemon postgresql mariadb-server shellcheck prometheus qemu-guest-agent)" >&2
   exit 1
 fi
 

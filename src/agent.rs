@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::metrics::Metrics;
 use crate::snapshot::lifecycle::{Refusal, Requested, State};
-use crate::snapshot::model::Snapshot;
+use crate::snapshot::model::{Channel, Snapshot};
 use crate::snapshot::ports::Ports;
 use crate::snapshot::{self, Context, Control, ControlMsg, Request};
 
@@ -220,12 +220,22 @@ impl Agent {
         &self.metrics
     }
 
-    /// Starts a snapshot, or returns the one of a known `request_id`.
+    /// Starts a snapshot ordered over HTTP, or returns the one of a known `request_id`.
     ///
     /// `peer` is the requesting host's IP address (none on vsock and unix sockets): a
     /// `callback_url` must point at it or start with one of the config's `callbacks.allow`.
     pub fn create(
         &self,
+        body: CreateBody,
+        peer: Option<std::net::IpAddr>,
+    ) -> Result<Created, CreateError> {
+        self.create_on(Channel::Http, body, peer)
+    }
+
+    /// Starts a snapshot ordered through `channel` (one at a time across all channels).
+    pub fn create_on(
+        &self,
+        channel: Channel,
         body: CreateBody,
         peer: Option<std::net::IpAddr>,
     ) -> Result<Created, CreateError> {
@@ -248,6 +258,7 @@ impl Agent {
         let request = Request {
             id: new_id(),
             request_id: body.request_id.clone(),
+            channel,
             requested: match body.consistency {
                 Some(RequestedWire::FileSystem) => Requested::FileSystem,
                 _ => Requested::Application,
@@ -453,6 +464,16 @@ impl Agent {
         for t in tasks {
             let _ = t.await;
         }
+    }
+
+    /// The snapshot that is not finished, if any.
+    pub fn active(&self) -> Option<Snapshot> {
+        let inner = self.inner.lock().expect("agent lock");
+        inner
+            .entries
+            .front()
+            .filter(|e| !e.ended())
+            .map(Entry::current)
     }
 
     /// True while a snapshot is not finished.

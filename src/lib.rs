@@ -2,7 +2,8 @@
 //!
 //! `ARCHITECTURE.md` at the root has the map. In short: `snapshot` is one snapshot (the pure
 //! `lifecycle` state machine and the `driver` that wires it to hooks and the freezer), `agent`
-//! keeps them one at a time, `http` is the API in front of it; `freezer` discovers mounts and
+//! keeps them one at a time, `http` is the API in front of it and `qga` the QEMU guest agent
+//! protocol (a second front door to the same agent); `freezer` discovers mounts and
 //! freezes them through a watchdog process (its decisions in the pure `freezer::core`);
 //! `hooks` runs the operator's commands; `host` is the host side (the agents' client, the
 //! orchestrator of `quiesce snapshot`, `quiesce status`);
@@ -27,6 +28,7 @@ pub mod http;
 pub mod logging;
 pub mod metrics;
 pub mod outbound;
+pub mod qga;
 pub mod snapshot;
 pub mod sys;
 pub mod systemd;

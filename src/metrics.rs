@@ -627,6 +627,7 @@ mod tests {
         Snapshot {
             id: ID.into(),
             request_id: Some(format!("request-{ID}")),
+            channel: crate::snapshot::model::Channel::Http,
             state,
             requested_consistency: Requested::Application,
             consistency,

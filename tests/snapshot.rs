@@ -90,6 +90,7 @@ fn start(ctx: &Context, requested: Requested) -> Running {
     let request = Request {
         id: "snap-1".into(),
         request_id: None,
+        channel: quiesce::snapshot::model::Channel::Http,
         requested,
         freeze_timeout: None,
         mounts: None,
@@ -349,6 +350,7 @@ async fn a_bad_request_is_refused_before_anything_runs() {
             Request {
                 id: "x".into(),
                 request_id: None,
+                channel: quiesce::snapshot::model::Channel::Http,
                 requested: Requested::Application,
                 freeze_timeout: timeout,
                 mounts,

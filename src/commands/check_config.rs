@@ -74,6 +74,24 @@ fn print_settings(config: &Config) {
         ),
         AuthMode::None => println!("listen: {} (auth none)", config.listen),
     }
+    // Only when enabled: a config without qga prints what it printed before.
+    let q = &config.qga;
+    if q.enabled {
+        println!(
+            "qga: {} (freeze_timeout {}, consistency {}, forward {})",
+            q.path,
+            crate::duration::format(config.qga_freeze_timeout()),
+            match q.consistency {
+                crate::config::QgaConsistency::Application => "application",
+                crate::config::QgaConsistency::FileSystem => "file_system",
+            },
+            if q.forward.is_empty() {
+                "none: other commands are answered CommandNotFound"
+            } else {
+                &q.forward
+            }
+        );
+    }
     println!("hooks, in order (post hooks run in reverse):");
     if config.hooks.is_empty() {
         println!("  (none)");

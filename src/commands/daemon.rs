@@ -80,6 +80,13 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<i32> {
         Listen::Unix(path) => http::unix::bind(&path)?,
     };
     let local = listener.local()?;
+    // Bound before READY=1, like the listener: a socket that cannot be made stops the start.
+    let qga = if config.qga.enabled {
+        let path = crate::config::QgaPath::parse(&config.qga.path).map_err(anyhow::Error::msg)?;
+        Some(crate::qga::Endpoint::bind(&path)?)
+    } else {
+        None
+    };
     // The key file passed the config's checks a moment ago; one that changed since is still
     // the operator's configuration to fix.
     let (auth, callback_key) =
@@ -93,6 +100,13 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<i32> {
     let router = http::router(agent.clone(), auth.clone()).layer(
         axum::middleware::from_fn_with_state(agent.clone(), count_refusals),
     );
+    let qga_task = qga.map(|endpoint| {
+        tracing::info!(
+            "qga: serving the QEMU guest agent protocol on {}",
+            endpoint.describe()
+        );
+        tokio::spawn(endpoint.serve(agent.clone()))
+    });
     tracing::info!("listening on {local}");
     notify::ready(&status_now(&agent, &local));
 
@@ -151,6 +165,11 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<i32> {
         tracing::info!("stopping: thawing and running the due post hooks first");
     }
     agent.shutdown().await;
+    if let Some(task) = qga_task {
+        // Dropping the endpoint removes its unix socket.
+        task.abort();
+        let _ = task.await;
+    }
     tracing::info!("stopped");
     Ok(0)
 }
@@ -261,6 +280,14 @@ impl Service {
                 new.state_dir.display()
             ));
             new.state_dir = old.state_dir.clone();
+        }
+        if new.qga.enabled != old.qga.enabled || new.qga.path != old.qga.path {
+            notes.push(format!(
+                "qga.enabled and qga.path stay {} and {} until a restart",
+                old.qga.enabled, old.qga.path
+            ));
+            new.qga.enabled = old.qga.enabled;
+            new.qga.path = old.qga.path.clone();
         }
         for note in &notes {
             tracing::warn!("reload: {note}");

@@ -188,6 +188,7 @@ fn prepare(args: &FreezeArgs) -> anyhow::Result<(Context, Prepared)> {
     let request = Request {
         id: crate::agent::new_id(),
         request_id: None,
+        channel: crate::snapshot::model::Channel::Cli,
         requested: Requested::FileSystem,
         freeze_timeout: args.timeout,
         mounts: (!args.mounts.is_empty()).then(|| args.mounts.clone()),

@@ -113,6 +113,74 @@ impl Default for Freeze {
     }
 }
 
+/// The `qga` section (contract: the QEMU guest agent protocol).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Qga {
+    pub enabled: bool,
+    /// The virtio-serial port, or `unix:PATH` for a listening unix socket.
+    pub path: String,
+    /// As written; [`Config::qga_freeze_timeout`] is the one in force.
+    #[serde(deserialize_with = "some_duration_value")]
+    pub freeze_timeout: Option<Duration>,
+    pub consistency: QgaConsistency,
+    /// `unix:PATH` of a qemu-ga to relay the other commands to; empty: none.
+    pub forward: String,
+}
+
+/// `qga.consistency`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum QgaConsistency {
+    #[default]
+    Application,
+    FileSystem,
+}
+
+/// The virtio-serial port of the QEMU guest agent.
+pub const QGA_PORT: &str = "/dev/virtio-ports/org.qemu.guest_agent.0";
+
+impl Default for Qga {
+    fn default() -> Self {
+        Qga {
+            enabled: false,
+            path: QGA_PORT.into(),
+            freeze_timeout: None,
+            consistency: QgaConsistency::Application,
+            forward: String::new(),
+        }
+    }
+}
+
+/// Where the qga endpoint is served (`qga.path`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QgaPath {
+    /// A character device (the virtio-serial port).
+    Port(PathBuf),
+    /// `unix:PATH`: a listening unix socket.
+    Unix(PathBuf),
+}
+
+impl QgaPath {
+    /// `unix:PATH` or an absolute device path.
+    pub fn parse(text: &str) -> Result<QgaPath, String> {
+        let (unix, path) = match text.strip_prefix("unix:") {
+            Some(p) => (true, Path::new(p)),
+            None => (false, Path::new(text)),
+        };
+        if !path.is_absolute() {
+            return Err(format!(
+                "{text:?} is not an absolute path (the virtio-serial port, such as {QGA_PORT}, or unix:/run/quiesce/qga.sock)"
+            ));
+        }
+        Ok(if unix {
+            QgaPath::Unix(path.to_path_buf())
+        } else {
+            QgaPath::Port(path.to_path_buf())
+        })
+    }
+}
+
 /// The `callbacks` section.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -194,6 +262,16 @@ fn duration_value<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D:
     d.deserialize_str(V)
 }
 
+/// [`duration_value`] for an optional key.
+fn some_duration_value<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Duration>, D::Error> {
+    duration_value(d).map(Some)
+}
+
+/// `qga.freeze_timeout` when it is not set: 60s, or `freeze.max_timeout` when that is lower.
+pub const QGA_FREEZE_TIMEOUT: Duration = Duration::from_secs(60);
+
 fn default_hook_timeout() -> Duration {
     Duration::from_secs(30)
 }
@@ -207,6 +285,7 @@ pub struct Config {
     pub auth: Auth,
     pub freeze: Freeze,
     pub callbacks: Callbacks,
+    pub qga: Qga,
     /// The hooks of the main file, then those of each drop-in, in order.
     pub hooks: Vec<Hook>,
     /// Where the settings were read from.
@@ -222,6 +301,7 @@ impl Default for Config {
             auth: Auth::default(),
             freeze: Freeze::default(),
             callbacks: Callbacks::default(),
+            qga: Qga::default(),
             hooks: Vec::new(),
             origin: Origin::default(),
         }
@@ -381,6 +461,7 @@ impl Config {
         let mut config = fragments::parse_main(&src).map_err(|e| ConfigErrors(vec![e]))?;
         let at: Vec<HookAt<'_>> = hooks_at(&config.hooks, &src);
         let mut errors = validate::settings(&config, &src);
+        errors.extend(validate::qga(&config, &src));
         errors.extend(validate::hooks(&at));
         finish(&mut config, &src, true);
         if errors.is_empty() {
@@ -394,6 +475,14 @@ impl Config {
     /// Where the agent listens (valid once the config loaded).
     pub fn listen_address(&self) -> Result<Listen, String> {
         Listen::parse(&self.listen)
+    }
+
+    /// The deadline of a freeze ordered over qga: `qga.freeze_timeout`, else 60s capped at
+    /// `freeze.max_timeout` (so that lowering `max_timeout` alone keeps a valid config).
+    pub fn qga_freeze_timeout(&self) -> Duration {
+        self.qga
+            .freeze_timeout
+            .unwrap_or(QGA_FREEZE_TIMEOUT.min(self.freeze.max_timeout))
     }
 
     /// The selection rules of the freeze section.
@@ -503,6 +592,7 @@ fn load_with(
 
     if let (Some(c), Some(src)) = (&mut config, &main) {
         errors.extend(validate::settings(c, src));
+        errors.extend(validate::qga(c, src));
         finish(c, src, main_read);
         for (src, hooks) in &drop_ins {
             c.origin.files.push(src.file.clone());
@@ -548,6 +638,46 @@ mod tests {
         let e = errors(text);
         assert_eq!(e.len(), 1, "{e:#?}");
         e[0].clone()
+    }
+
+    #[test]
+    fn the_qga_section() {
+        let c = parse(
+            "qga:\n  enabled: true\n  path: unix:/run/quiesce/qga.sock\n  freeze_timeout: 30s\n  \
+             consistency: file_system\n  forward: unix:/run/qemu-ga.sock\n",
+        )
+        .unwrap();
+        assert!(c.qga.enabled);
+        assert_eq!(
+            QgaPath::parse(&c.qga.path),
+            Ok(QgaPath::Unix("/run/quiesce/qga.sock".into()))
+        );
+        assert_eq!(c.qga_freeze_timeout(), Duration::from_secs(30));
+        assert_eq!(c.qga.consistency, QgaConsistency::FileSystem);
+        let d = parse("").unwrap().qga;
+        assert_eq!((d.enabled, d.path.as_str()), (false, QGA_PORT));
+        assert_eq!(
+            parse("").unwrap().qga_freeze_timeout(),
+            Duration::from_secs(60)
+        );
+        // Unset, it follows a lower max_timeout.
+        let low = parse("freeze: {max_timeout: 20s, timeout: 5s}\nqga: {enabled: true}\n").unwrap();
+        assert_eq!(low.qga_freeze_timeout(), Duration::from_secs(20));
+        assert!(one_error("qga:\n  enabled: true\n  paht: x\n")
+            .starts_with("3:3: qga: unknown field `paht`"));
+        assert_eq!(
+            one_error("qga:\n  freeze_timeout: 2m\n"),
+            "2:3: qga.freeze_timeout (2m) is above freeze.max_timeout (1m)"
+        );
+        assert_eq!(
+            one_error("qga: {freeze_timeout: 0s}\n"),
+            "1:7: qga.freeze_timeout must be above 0"
+        );
+        assert!(one_error("qga:\n  path: dev/ttyS0\n")
+            .starts_with("2:3: qga.path: \"dev/ttyS0\" is not an absolute path"));
+        assert!(one_error("qga:\n  forward: /run/qemu-ga.sock\n").starts_with("2:3: qga.forward"));
+        assert!(one_error("qga:\n  consistency: crash\n")
+            .starts_with("2:16: qga.consistency: unknown variant"));
     }
 
     #[test]

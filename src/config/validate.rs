@@ -8,7 +8,7 @@ use std::path::Path;
 
 use super::files::{self, Inspect, Problem};
 use super::locate::{Source, Step, Step::Index, Step::Key};
-use super::{AuthMode, Config, ConfigError, Hook, Listen};
+use super::{AuthMode, Config, ConfigError, Hook, Listen, QgaPath};
 
 /// Prefix of the variables quiesce gives every hook; `env` may not set them.
 pub const RESERVED_ENV_PREFIX: &str = "QUIESCE_";
@@ -108,6 +108,51 @@ pub fn settings(c: &Config, src: &Source) -> Vec<ConfigError> {
                 "freeze.exclude_fstypes: an entry is empty",
             ));
         }
+    }
+    errors
+}
+
+/// The `qga` section: its paths, and a deadline within `freeze.max_timeout`.
+pub fn qga(c: &Config, src: &Source) -> Vec<ConfigError> {
+    let mut errors = Vec::new();
+    let q = &c.qga;
+    if let Err(e) = QgaPath::parse(&q.path) {
+        errors.push(src.error(&[Key("qga"), Key("path")], format!("qga.path: {e}")));
+    }
+    if !q.forward.is_empty() {
+        match q.forward.strip_prefix("unix:").map(Path::new) {
+            Some(p) if p.is_absolute() => {
+                if QgaPath::parse(&q.path) == Ok(QgaPath::Unix(p.to_path_buf())) {
+                    errors.push(src.error(
+                        &[Key("qga"), Key("forward")],
+                        "qga.forward names qga.path itself: give the unix socket of a qemu-ga",
+                    ));
+                }
+            }
+            _ => errors.push(src.error(
+                &[Key("qga"), Key("forward")],
+                format!(
+                    "qga.forward {:?} must be unix:PATH with an absolute PATH (the socket of `qemu-ga -m unix-listen -p PATH`), or \"\" for none",
+                    q.forward
+                ),
+            )),
+        }
+    }
+    let at = [Key("qga"), Key("freeze_timeout")];
+    let Some(timeout) = q.freeze_timeout else {
+        return errors;
+    };
+    if timeout.is_zero() {
+        errors.push(src.error(&at, "qga.freeze_timeout must be above 0"));
+    } else if timeout > c.freeze.max_timeout {
+        errors.push(src.error(
+            &at,
+            format!(
+                "qga.freeze_timeout ({}) is above freeze.max_timeout ({})",
+                crate::duration::format(timeout),
+                crate::duration::format(c.freeze.max_timeout)
+            ),
+        ));
     }
     errors
 }

@@ -1,6 +1,6 @@
 //! One snapshot, run in-process: the pure [`lifecycle`](crate::snapshot::lifecycle) core wired by the
 //! [`driver`] to the hook runner and the freezer ([`ports`]). Every front door (the HTTP API,
-//! `quiesce freeze`) creates a [`Request`], checks it with [`prepare`] (a bad request changes
+//! the QEMU guest agent protocol, `quiesce freeze`) creates a [`Request`], checks it with [`prepare`] (a bad request changes
 //! nothing), then drives [`run`] through [`ControlMsg`]s and watches the
 //! [`Snapshot`](model::Snapshot) it publishes.
 
@@ -47,6 +47,8 @@ pub struct Context {
 pub struct Request {
     pub id: String,
     pub request_id: Option<String>,
+    /// The front door it came through (reported as the Snapshot's `channel`).
+    pub channel: model::Channel,
     pub requested: Requested,
     pub freeze_timeout: Option<Duration>,
     pub mounts: Option<Vec<PathBuf>>,
@@ -124,6 +126,7 @@ pub fn initial_snapshot(p: &Prepared) -> Snapshot {
     Snapshot {
         id: p.request.id.clone(),
         request_id: p.request.request_id.clone(),
+        channel: p.request.channel,
         state: State::PreHooks,
         requested_consistency: p.request.requested,
         consistency: None,

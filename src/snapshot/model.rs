@@ -40,11 +40,27 @@ pub struct HookReport {
     pub output: String,
 }
 
+/// The front door a snapshot was ordered through (contract: `"channel"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Channel {
+    /// The HTTP API.
+    #[default]
+    Http,
+    /// The QEMU guest agent protocol.
+    Qga,
+    /// `quiesce freeze` on the command line (its report is printed, never served).
+    Cli,
+}
+
 /// The Snapshot object.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Snapshot {
     pub id: String,
     pub request_id: Option<String>,
+    /// Read as `http` from an agent that predates the field.
+    #[serde(default)]
+    pub channel: Channel,
     pub state: State,
     pub requested_consistency: Requested,
     pub consistency: Option<Consistency>,
@@ -178,7 +194,8 @@ mod tests {
     use serde_json::json;
 
     fn sample() -> Value {
-        json!({"id": "5f0c2a9e1b7d4c38", "request_id": "quiesce-x", "state": "succeeded",
+        json!({"id": "5f0c2a9e1b7d4c38", "request_id": "quiesce-x", "channel": "http",
+         "state": "succeeded",
          "requested_consistency": "application", "consistency": "application",
          "created_at": "2026-11-22T10:00:00.000Z", "frozen_at": "2026-11-22T10:00:00.100Z",
          "thawed_at": "2026-11-22T10:00:00.141Z", "finished_at": "2026-11-22T10:00:00.200Z",
@@ -200,6 +217,11 @@ mod tests {
         assert!(r.snapshot.hooks[0].ok());
         assert_eq!(serde_json::to_value(&r.snapshot).unwrap(), v);
         assert_eq!(r.channel(), "http");
+        // From an agent that predates the field: read as http.
+        let mut old = v.clone();
+        old.as_object_mut().unwrap().remove("channel");
+        let r = Received::from_value(&old).unwrap();
+        assert_eq!((r.snapshot.channel, r.channel()), (Channel::Http, "http"));
     }
 
     #[test]

@@ -44,6 +44,7 @@ fn request(requested: Requested) -> Request {
     Request {
         id: "snap-1".into(),
         request_id: None,
+        channel: super::model::Channel::Http,
         requested,
         freeze_timeout: None,
         mounts: None,
