@@ -715,6 +715,7 @@ mod panic_tests {
         Snapshot {
             id: "0123456789abcdef".into(),
             request_id: None,
+            channel: crate::snapshot::model::Channel::Http,
             state,
             requested_consistency: Requested::Application,
             consistency: None,
