@@ -343,7 +343,7 @@ async fn ten_megabytes_of_output_keep_only_the_last_4096_bytes() {
 }
 
 #[tokio::test]
-async fn a_file_without_execute_permission_fails_with_permission_denied() {
+async fn a_file_without_execute_permission_is_refused_with_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let hook = script(dir.path(), "noexec.sh", "#!/bin/sh\nexit 0\n");
     fs::set_permissions(&hook, fs::Permissions::from_mode(0o644)).unwrap();
@@ -355,7 +355,8 @@ async fn a_file_without_execute_permission_fails_with_permission_denied() {
     .await;
     assert!(!out.succeeded());
     let err = out.error.as_deref().unwrap();
-    assert!(err.contains("Permission denied"), "{err}");
+    // Refused by the check right before exec (issue 14), which names the file and the fix.
+    assert!(err.contains("is not executable (mode 0644)"), "{err}");
     assert!(err.contains("noexec.sh"), "{err}");
     assert_eq!(out.exit_code, None);
     assert_eq!(out.failure().as_deref(), Some(err));
