@@ -118,7 +118,7 @@ fn mark_no_bus(why: &str) {
     });
     if first {
         tracing::info!(
-            "no D-Bus system bus ({why}): no inhibitor locks, hooks run without systemd scopes"
+            "no D-Bus system bus ({why}): no inhibitor locks, hooks run directly, without systemd units"
         );
     } else {
         tracing::debug!("no D-Bus system bus ({why})");
