@@ -557,6 +557,42 @@ fn a_cancelled_hook_is_stopped_through_kill_unit() {
     assert!(unit.gone, "{unit:#?}");
 }
 
+/// A systemd that refuses the transient service (too old for the fd properties): the hook runs
+/// directly, as before, in a transient scope around its helper, killed through it at the
+/// timeout.
+#[test]
+fn a_refused_service_falls_back_to_the_direct_path_in_a_scope() {
+    require_root();
+    let dir = scratch_dir();
+    let hook = forking_hook(dir.path(), "sleep 300");
+    let cfg = config(dir.path(), &hook_yaml("fb", &hook, &hook, "1s", "continue"));
+    let bus = PrivateBus::start();
+    let mocks = Mocks::serve(&bus, false, true);
+    mocks
+        .refuse_services
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let d = daemon(&cfg, &bus.address);
+    let snap = snapshot(&d);
+    let id = snap["id"].as_str().unwrap();
+    assert_eq!(snap["hooks"][0]["timed_out"], true, "{snap}");
+    let name = format!("quiesce-hook-{id}-fb-pre.scope");
+    let unit = mocks
+        .units()
+        .into_iter()
+        .find(|u| u.name == name)
+        .unwrap_or_else(|| panic!("no scope {name}: {:#?}", mocks.units()));
+    let helper = read_pid(&dir.path().join("helper.pid"));
+    assert_eq!(unit.pids, vec![helper as u32], "{unit:#?}");
+    assert!(unit.exec_start.is_empty(), "{unit:#?}");
+    let gc = read_pid(&dir.path().join("gc.pid"));
+    assert!(
+        wait_dead(gc, Duration::from_secs(3)),
+        "grandchild {gc} survived"
+    );
+    let unit = wait_gone(&mocks, &name);
+    assert_eq!(unit.kills, vec![("all".to_string(), 9)], "{unit:#?}");
+}
+
 /// A snapshot with one trivial hook; checks it ran through the process-group path, that the
 /// report is clean, and returns the daemon's log and the time the snapshot took.
 fn degraded_snapshot(address: &str) -> (String, Duration) {

@@ -12,7 +12,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -187,6 +187,8 @@ enum SdError {
 struct Systemd {
     units: Arc<Mutex<Vec<Unit>>>,
     base: PathBuf,
+    /// Refuse services (`ExecStart=`), as a systemd too old for the fd properties would.
+    refuse_services: Arc<AtomicBool>,
 }
 
 fn populated(cgroup: &Path) -> bool {
@@ -275,6 +277,13 @@ impl Systemd {
             .find(|(k, _)| k == "PIDs")
             .and_then(|(_, v)| Vec::<u32>::try_from(v.try_clone().ok()?).ok())
             .unwrap_or_default();
+        if properties.iter().any(|(k, _)| k == "ExecStart")
+            && self.refuse_services.load(Ordering::Relaxed)
+        {
+            return Err(SdError::Failed(
+                "Unknown assignment: StandardInputFileDescriptor".into(),
+            ));
+        }
         let mut pids = pids;
         let exec_start: Vec<(String, Vec<String>, bool)> = properties
             .iter()
@@ -446,6 +455,8 @@ pub fn cgroup2_root() -> PathBuf {
 pub struct Mocks {
     pub locks: Arc<Mutex<Vec<Lock>>>,
     pub units: Arc<Mutex<Vec<Unit>>>,
+    /// Set: the systemd mock refuses transient services (scopes still work).
+    pub refuse_services: Arc<AtomicBool>,
     /// The parent of the systemd mock's scope cgroups.
     pub cgroup_base: PathBuf,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -471,6 +482,8 @@ impl Mocks {
         let (ready_tx, ready) = std::sync::mpsc::channel::<Result<(), String>>();
         let address = bus.address.clone();
         let (l, u, b) = (locks.clone(), units.clone(), base.clone());
+        let refuse_services = Arc::new(AtomicBool::new(false));
+        let r = refuse_services.clone();
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -497,6 +510,7 @@ impl Mocks {
                                     Systemd {
                                         units: u.clone(),
                                         base: b,
+                                        refuse_services: r,
                                     },
                                 )?
                                 .build()
@@ -547,6 +561,7 @@ impl Mocks {
         Mocks {
             locks,
             units,
+            refuse_services,
             cgroup_base: base,
             stop: Some(stop),
             thread: Some(thread),
