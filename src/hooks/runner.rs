@@ -1,5 +1,6 @@
-//! The agent's side of a hook run: starts the helper, sends the output to the log, keeps its
-//! tail for the report, and turns the helper's result line into a [`HookOutcome`].
+//! The agent's side of a hook run: starts the helper (as a transient systemd service when
+//! systemd is there, else as a child), sends the output to the log, keeps its tail for the
+//! report, and turns the helper's result line into a [`HookOutcome`].
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
@@ -165,7 +166,7 @@ pub async fn run_hook(
 
     // The tree had to be stopped (or its helper was lost): the cgroup reaches whatever the
     // helper could not. A hook that ended by itself keeps what it left running (see the module
-    // doc), and systemd drops its scope once that is gone too.
+    // doc), and systemd drops its unit once that is gone too.
     let stopped = report
         .as_ref()
         .is_none_or(|r| r.timed_out || r.cancelled || r.error.is_some());
