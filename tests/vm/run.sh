@@ -279,7 +279,7 @@ snap_rc=0
 snap_s=$(python3 -c "import time; print(f'{time.time() - $t_snap:.1f}')")
 cat "$work/snapshot.err" | sed 's/^/   /'
 check "quiesce snapshot exits 0 (the QMP snapshot ran while frozen)" expect "$snap_rc" 0
-jq '.snapshots[0] | {id, state, consistency, frozen_ms, thaw_reason, mounts, hooks: [.hooks[] | {name, phase, exit_code}]}' \
+jq '.snapshots[0] | {id, state, consistency, frozen_ms, thaw_reason, mounts, hooks: [.hooks[] | {name, phase, exit_code, duration_ms}]}' \
   "$work/report.json" 2>/dev/null | sed 's/^/   /' || true
 snap_id=$(jq -r '.snapshots[0].id' "$work/report.json" 2>/dev/null || echo none)
 frozen_ms=$(jq -r '.snapshots[0].frozen_ms' "$work/report.json" 2>/dev/null || echo '?')
@@ -305,6 +305,8 @@ t_pre=$(awk -v id="$snap_id" '$2 == id { print $1 }' "$work/pre.log" | tail -1)
 check "the pre hook noted when it started" test -n "$t_pre"
 vm 'cat /run/quiesce-vm/pre.cgroup /run/quiesce-vm/post.cgroup' > "$work/hook-cgroups.txt" || true
 sed 's/^/   /' "$work/hook-cgroups.txt"
+echo "   systemd's view of the hook units (start, end):"
+vm "journalctl -o short-precise --no-hostname _PID=1 | grep -F 'quiesce-hook-$snap_id-'" | sed 's/^/   /' || true
 check "the hooks ran as transient services of their own (cgroup quiesce-hook-ID-vm\\x2dmarker-pre/post.service)" \
   sh -c "grep -qF '/quiesce-hook-$snap_id-vm\\x2dmarker-pre.service' '$work/hook-cgroups.txt' && grep -qF '/quiesce-hook-$snap_id-vm\\x2dmarker-post.service' '$work/hook-cgroups.txt'"
 
