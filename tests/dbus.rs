@@ -1,5 +1,6 @@
 //! D-Bus integration against a private `dbus-daemon` with mock logind and systemd services:
-//! the inhibitor lock spans a snapshot's hooks, hooks run in scope units whose cgroup is killed,
+//! the inhibitor lock spans a snapshot's hooks, hooks run as transient services (the helper
+//! started by the mock with the fds passed over D-Bus) whose cgroup is killed,
 //! and a machine without a bus (or without the services) runs snapshots as before, without
 //! delay. The daemon under test gets the bus through `DBUS_SYSTEM_BUS_ADDRESS`. Nothing is
 //! frozen (`freeze.enabled: false`). Needs root (cgroups, root-owned hooks); fails without it.
@@ -316,12 +317,12 @@ fn forking_hook(dir: &Path, then: &str) -> PathBuf {
 
 /// The unit the mock created for `hook`'s `phase` run of snapshot `id`.
 fn unit_of(mocks: &Mocks, id: &str, hook: &str, phase: &str) -> bus::Unit {
-    let name = format!("quiesce-hook-{id}-{hook}-{phase}.scope");
+    let name = format!("quiesce-hook-{id}-{hook}-{phase}.service");
     mocks
         .units()
         .into_iter()
         .find(|u| u.name == name)
-        .unwrap_or_else(|| panic!("no scope {name}: {:#?}", mocks.units()))
+        .unwrap_or_else(|| panic!("no service {name}: {:#?}", mocks.units()))
 }
 
 fn wait_gone(mocks: &Mocks, name: &str) -> bus::Unit {
@@ -336,7 +337,7 @@ fn wait_gone(mocks: &Mocks, name: &str) -> bus::Unit {
 }
 
 #[test]
-fn a_timed_out_hook_is_killed_through_its_scope_with_its_daemonized_grandchild() {
+fn a_timed_out_hook_is_killed_through_its_service_with_its_daemonized_grandchild() {
     require_root();
     let dir = scratch_dir();
     let hook = forking_hook(dir.path(), "sleep 300");
@@ -357,8 +358,8 @@ fn a_timed_out_hook_is_killed_through_its_scope_with_its_daemonized_grandchild()
     assert_eq!(unit.mode, "fail");
     assert_eq!(unit.collect_mode.as_deref(), Some("inactive-or-failed"));
     assert!(unit.description.contains(id), "{unit:#?}");
-    // Both the hook and its escaped grandchild were born in the scope (the helper was moved
-    // before it started the hook).
+    assert_eq!(unit.kill_mode.as_deref(), Some("process"), "{unit:#?}");
+    // Both the hook and its escaped grandchild were born in the service's cgroup.
     for f in ["hook.cgroup", "gc.cgroup"] {
         let cg = fs::read_to_string(dir.path().join(f)).unwrap();
         assert!(
@@ -379,7 +380,7 @@ fn a_timed_out_hook_is_killed_through_its_scope_with_its_daemonized_grandchild()
         "{} still exists",
         unit.cgroup.display()
     );
-    // The post run (exits at once) had a scope too, dropped once empty, without a kill.
+    // The post run (exits at once) had a service too, dropped once empty, without a kill.
     let post = wait_gone(&mocks, &unit_of(&mocks, id, "fork", "post").name);
     assert!(post.gone && post.kills.is_empty(), "{post:#?}");
 }
@@ -412,6 +413,184 @@ fn a_lost_helper_does_not_leave_the_hooks_daemonized_grandchild_behind() {
     let unit = wait_gone(&mocks, &unit_of(&mocks, id, "lost", "pre").name);
     assert!(unit.kills.contains(&("all".to_string(), 9)), "{unit:#?}");
     assert!(unit.gone && !unit.cgroup.exists(), "{unit:#?}");
+}
+
+/// A hook run as a transient service: what was sent (ExecStart: the helper with the hook's
+/// command; Environment: the hook's env and the QUIESCE_* variables, not on any command line;
+/// the three stdio fds) and what came back (output, exit code) through the passed pipes.
+#[test]
+fn a_hook_runs_as_a_transient_service_with_its_fds_and_environment() {
+    require_root();
+    let dir = scratch_dir();
+    let d_ = dir.path().display();
+    let hook = script(
+        dir.path(),
+        "svc.sh",
+        &format!(
+            "echo \"phase=$QUIESCE_PHASE hook=$QUIESCE_HOOK secret=$DB_SECRET\"\n\
+             echo to-stderr >&2\n\
+             cat /proc/self/cgroup > {d_}/$QUIESCE_PHASE.cgroup\n\
+             [ \"$QUIESCE_PHASE\" = post ] && exit 3\n\
+             exit 0"
+        ),
+    );
+    let cfg = config(
+        dir.path(),
+        &format!(
+            "{}    env: {{DB_SECRET: s3cr3t}}\n",
+            hook_yaml("svc", &hook, &hook, "10s", "continue")
+        ),
+    );
+    let bus = PrivateBus::start();
+    let mocks = Mocks::serve(&bus, false, true);
+    let d = daemon(&cfg, &bus.address);
+    let snap = snapshot(&d);
+    let id = snap["id"].as_str().unwrap();
+    assert_eq!(snap["state"], "succeeded", "{snap}");
+    assert_eq!(snap["consistency"], "crash", "{snap}");
+    let hooks = snap["hooks"].as_array().unwrap();
+    let pre = &hooks[0];
+    assert_eq!(pre["exit_code"], 0, "{snap}");
+    let out = pre["output"].as_str().unwrap();
+    assert!(out.contains("phase=pre hook=svc secret=s3cr3t"), "{out}");
+    assert!(out.contains("to-stderr"), "{out}");
+    let post = &hooks[1];
+    assert_eq!(post["phase"], "post", "{snap}");
+    assert_eq!(post["exit_code"], 3, "{snap}");
+    assert!(snap["warnings"].to_string().contains("svc"), "{snap}");
+
+    let unit = unit_of(&mocks, id, "svc", "pre");
+    assert_eq!(unit.mode, "fail");
+    assert_eq!(
+        unit.std_fds,
+        [
+            "StandardInputFileDescriptor",
+            "StandardOutputFileDescriptor",
+            "StandardErrorFileDescriptor"
+        ],
+        "{unit:#?}"
+    );
+    let (path, argv, ignore) = &unit.exec_start[0];
+    assert_eq!(unit.exec_start.len(), 1, "{unit:#?}");
+    assert!(!ignore);
+    assert!(
+        Path::new(path).is_absolute() && !path.starts_with("/proc"),
+        "{path}"
+    );
+    assert_eq!(argv[0], *path);
+    assert_eq!(argv[1], "hook-exec");
+    assert!(argv.contains(&"--wait-go".to_string()), "{argv:?}");
+    assert!(argv.contains(&"--cancel-on-eof".to_string()), "{argv:?}");
+    assert!(argv.contains(&"--timeout-ms=10000".to_string()), "{argv:?}");
+    assert_eq!(argv.last().unwrap(), &hook.display().to_string());
+    // Values only in the Environment property, never on a command line.
+    assert!(!argv.iter().any(|a| a.contains("s3cr3t")), "{argv:?}");
+    for kv in [
+        "DB_SECRET=s3cr3t".to_string(),
+        format!("QUIESCE_SNAPSHOT_ID={id}"),
+        "QUIESCE_PHASE=pre".to_string(),
+        "QUIESCE_HOOK=svc".to_string(),
+    ] {
+        assert!(
+            unit.environment.contains(&kv),
+            "{kv}: {:?}",
+            unit.environment
+        );
+    }
+    let post_unit = unit_of(&mocks, id, "svc", "post");
+    assert!(
+        post_unit
+            .environment
+            .iter()
+            .any(|kv| kv.starts_with("QUIESCE_THAW_REASON=")),
+        "{:?}",
+        post_unit.environment
+    );
+    // The hook ran in the unit's cgroup, and both units ended without a kill.
+    let cg = fs::read_to_string(dir.path().join("pre.cgroup")).unwrap();
+    assert!(
+        cg.lines().any(|l| l.ends_with(&format!("/{}", unit.name))),
+        "{cg}"
+    );
+    for name in [&unit.name, &post_unit.name] {
+        let u = wait_gone(&mocks, name);
+        assert!(u.gone && u.kills.is_empty(), "{u:#?}");
+    }
+}
+
+/// A pre hook cancelled by the daemon's stop: its service's main process gets SIGTERM
+/// (`KillUnit(main)`), the helper stops the hook, the run reports `cancelled`.
+#[test]
+fn a_cancelled_hook_is_stopped_through_kill_unit() {
+    require_root();
+    let dir = scratch_dir();
+    let d_ = dir.path().display();
+    let hook = script(
+        dir.path(),
+        "slow.sh",
+        &format!(
+            "[ \"$QUIESCE_PHASE\" = post ] && exit 0\necho $$ > {d_}/hook.pid\nexec sleep 300"
+        ),
+    );
+    let cfg = config(
+        dir.path(),
+        &hook_yaml("slow", &hook, &hook, "60s", "continue"),
+    );
+    let bus = PrivateBus::start();
+    let mocks = Mocks::serve(&bus, false, true);
+    let mut d = daemon(&cfg, &bus.address);
+    let id = create(&d);
+    let hook_pid = read_pid(&dir.path().join("hook.pid"));
+    let t = Instant::now();
+    d.signal("TERM");
+    assert_eq!(d.wait_exit(Duration::from_secs(20)), 0);
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    assert!(
+        wait_dead(hook_pid, Duration::from_secs(3)),
+        "hook {hook_pid} survived"
+    );
+    let unit = wait_gone(&mocks, &unit_of(&mocks, &id, "slow", "pre").name);
+    assert!(
+        unit.kills.contains(&("main".to_string(), libc::SIGTERM)),
+        "{unit:#?}"
+    );
+    assert!(unit.gone, "{unit:#?}");
+}
+
+/// A systemd that refuses the transient service (too old for the fd properties): the hook runs
+/// directly, as before, in a transient scope around its helper, killed through it at the
+/// timeout.
+#[test]
+fn a_refused_service_falls_back_to_the_direct_path_in_a_scope() {
+    require_root();
+    let dir = scratch_dir();
+    let hook = forking_hook(dir.path(), "sleep 300");
+    let cfg = config(dir.path(), &hook_yaml("fb", &hook, &hook, "1s", "continue"));
+    let bus = PrivateBus::start();
+    let mocks = Mocks::serve(&bus, false, true);
+    mocks
+        .refuse_services
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let d = daemon(&cfg, &bus.address);
+    let snap = snapshot(&d);
+    let id = snap["id"].as_str().unwrap();
+    assert_eq!(snap["hooks"][0]["timed_out"], true, "{snap}");
+    let name = format!("quiesce-hook-{id}-fb-pre.scope");
+    let unit = mocks
+        .units()
+        .into_iter()
+        .find(|u| u.name == name)
+        .unwrap_or_else(|| panic!("no scope {name}: {:#?}", mocks.units()));
+    let helper = read_pid(&dir.path().join("helper.pid"));
+    assert_eq!(unit.pids, vec![helper as u32], "{unit:#?}");
+    assert!(unit.exec_start.is_empty(), "{unit:#?}");
+    let gc = read_pid(&dir.path().join("gc.pid"));
+    assert!(
+        wait_dead(gc, Duration::from_secs(3)),
+        "grandchild {gc} survived"
+    );
+    let unit = wait_gone(&mocks, &name);
+    assert_eq!(unit.kills, vec![("all".to_string(), 9)], "{unit:#?}");
 }
 
 /// A snapshot with one trivial hook; checks it ran through the process-group path, that the

@@ -85,12 +85,13 @@ pub struct MountInfo {
 }
 
 impl MountInfo {
-    /// Whether the mount or its superblock is read-only (either makes FIFREEZE pointless).
+    /// Whether the filesystem (its superblock) is read-only, which makes FIFREEZE pointless.
+    ///
+    /// The per-mount `ro` is ignored on purpose: it says nothing about writes through other
+    /// mounts of the same superblock, and under systemd's `ProtectSystem=strict` every mount of
+    /// the daemon's namespace is `ro` while the filesystem is written to outside it.
     pub fn is_read_only(&self) -> bool {
-        self.mount_options
-            .iter()
-            .chain(&self.super_options)
-            .any(|o| o == "ro")
+        self.super_options.iter().any(|o| o == "ro")
     }
 }
 
@@ -493,8 +494,10 @@ mod tests {
             .unwrap()
             .remove(0);
         assert!(!m.is_read_only());
+        // A read-only mount of a writable superblock (ProtectSystem=strict, `mount -o bind,ro`)
+        // is still written through other mounts: it counts as writable.
         m.mount_options = vec!["ro".into(), "relatime".into()];
-        assert!(m.is_read_only());
+        assert!(!m.is_read_only());
         m.mount_options = vec!["rw".into()];
         m.super_options = vec!["ro".into()];
         assert!(m.is_read_only());

@@ -706,7 +706,9 @@ mod tests {
     }
 
     #[test]
-    fn read_only_mount_or_superblock() {
+    fn read_only_superblock_not_mount() {
+        // As the daemon sees / under ProtectSystem=strict: a read-only mount of a writable
+        // filesystem. It is a target.
         let mut ro_mount = ext4((254, 1), "/a");
         ro_mount.mount_options = vec!["ro".into(), "relatime".into()];
         let mut ro_super = ext4((254, 2), "/b");
@@ -715,15 +717,14 @@ mod tests {
             &[ro_mount, ro_super, ext4((254, 3), "/c")],
             &Rules::default(),
         );
-        assert_eq!(target_points(&s), ["/c"]);
-        assert_eq!(reason_for(&s, "/a"), &SkipReason::ReadOnly);
+        assert_eq!(target_points(&s), ["/a", "/c"]);
         assert_eq!(reason_for(&s, "/b"), &SkipReason::ReadOnly);
     }
 
     #[test]
     fn read_only_comes_before_not_block_backed() {
         let mut m = mount((0, 50), "/", "/tank", "zfs", "tank");
-        m.mount_options = vec!["ro".into()];
+        m.super_options = vec!["ro".into()];
         let s = run(&[m], &Rules::default());
         assert_eq!(s.skipped[0].1, SkipReason::ReadOnly);
     }
@@ -796,14 +797,35 @@ mod tests {
 
     #[test]
     fn duplicates_are_counted_after_the_other_rules() {
-        // Only candidates compete: a read-only bind does not make the other mount of the same
-        // filesystem a duplicate, and it is reported with its own reason.
+        // Only candidates compete: a mount left out by include_mounts does not make the other
+        // mount of the same filesystem a duplicate, and it is reported with its own reason.
+        let mounts = [
+            mount((254, 2), "/sub", "/srv", "ext4", "/dev/vdb"),
+            mount((254, 2), "/", "/view", "ext4", "/dev/vdb"),
+        ];
+        let rules = Rules {
+            include_mounts: paths(&["/srv"]),
+            ..Rules::default()
+        };
+        let s = run(&mounts, &rules);
+        assert_eq!(target_points(&s), ["/srv"]);
+        assert_eq!(reason_for(&s, "/view"), &SkipReason::NotIncluded);
+    }
+
+    #[test]
+    fn a_read_only_bind_of_a_writable_filesystem_is_one_of_its_mounts() {
+        // ProtectSystem=strict, ProtectHome=read-only: the daemon's own view of a filesystem is
+        // a read-only mount; it is frozen once, through the mount of the whole filesystem.
         let mut ro_bind = mount((254, 2), "/", "/ro-view", "ext4", "/dev/vdb");
         ro_bind.mount_options = vec!["ro".into()];
-        let mounts = [mount((254, 2), "/sub", "/srv", "ext4", "/dev/vdb"), ro_bind];
-        let s = run(&mounts, &Rules::default());
-        assert_eq!(target_points(&s), ["/srv"]);
-        assert_eq!(reason_for(&s, "/ro-view"), &SkipReason::ReadOnly);
+        let mut home = mount((254, 2), "/", "/home", "ext4", "/dev/vdb");
+        home.mount_options = vec!["ro".into(), "nosuid".into()];
+        let s = run(&[ro_bind, home], &Rules::default());
+        assert_eq!(target_points(&s), ["/home"]);
+        assert!(matches!(
+            reason_for(&s, "/ro-view"),
+            SkipReason::Duplicate { .. }
+        ));
     }
 
     #[test]

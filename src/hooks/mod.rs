@@ -22,13 +22,16 @@
 //!   SIGKILLs the hook's group, whose id the helper printed right after the spawn; a helper
 //!   killed before that line leaves the hook to init, and descendants outside the group are
 //!   out of reach either way.
-//! - On a systemd machine each run has a transient scope unit of its own
-//!   ([`crate::systemd::dbus::scope`]): the helper is started with `--wait-go`, moved into the scope,
-//!   and only then told to start the hook, so the hook's whole tree is born in the scope's
-//!   cgroup. When the tree had to be stopped (timeout, cancellation) or the helper was lost,
-//!   the runner then SIGKILLs whatever is left in the cgroup, including processes the helper
-//!   could no longer see. Without a bus or systemd the go byte is sent at once and the
-//!   process-group/subreaper path above is all there is.
+//! - On a systemd machine each run is a transient service of its own
+//!   ([`crate::systemd::dbus::service`]): systemd starts the helper (`--wait-go`) with the
+//!   runner's three pipes as its stdio, outside the daemon's sandbox; the runner then sends the
+//!   go byte, so the hook's whole tree is born in the unit's cgroup. When systemd refuses the
+//!   service, the runner starts the helper itself and puts it in a transient scope
+//!   ([`crate::systemd::dbus::scope`]) before the go byte. Either way, when the tree had to be
+//!   stopped (timeout, cancellation) or the helper was lost, the runner SIGKILLs whatever is
+//!   left in the cgroup (`KillUnit(all)`), including processes the helper could no longer see.
+//!   Without a bus or systemd the go byte is sent at once and the process-group/subreaper path
+//!   above is all there is.
 //! - An exec error (missing file, missing interpreter, no execute permission, not executable
 //!   format) is a failure carrying the OS error, never a success.
 

@@ -9,9 +9,10 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -159,6 +160,15 @@ pub struct Unit {
     pub cgroup: PathBuf,
     /// `(whom, signal)` of each KillUnit.
     pub kills: Vec<(String, i32)>,
+    /// A service's `ExecStart`: `(path, argv, ignore_failure)` of each command.
+    pub exec_start: Vec<(String, Vec<String>, bool)>,
+    /// A service's `Environment`.
+    pub environment: Vec<String>,
+    /// A service's `KillMode`.
+    pub kill_mode: Option<String>,
+    /// Which of `StandardInputFileDescriptor`, `StandardOutputFileDescriptor`,
+    /// `StandardErrorFileDescriptor` came, as fds.
+    pub std_fds: Vec<String>,
     pub stopped: bool,
     /// Dropped: stopped, or emptied and collected.
     pub gone: bool,
@@ -177,6 +187,8 @@ enum SdError {
 struct Systemd {
     units: Arc<Mutex<Vec<Unit>>>,
     base: PathBuf,
+    /// Refuse services (`ExecStart=`), as a systemd too old for the fd properties would.
+    refuse_services: Arc<AtomicBool>,
 }
 
 fn populated(cgroup: &Path) -> bool {
@@ -193,6 +205,30 @@ async fn kill_and_remove(cgroup: &Path) {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let _ = std::fs::remove_dir(cgroup);
+}
+
+/// Sets close-on-exec on every fd of this process above stderr.
+fn cloexec_all() {
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let fds: Vec<i32> = dir
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter(|fd| *fd > 2)
+        .collect();
+    for fd in fds {
+        // SAFETY: only borrowed for the fcntl call; an fd closed meanwhile gives EBADF.
+        let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        let _ = fcntl(borrowed, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
+    }
+}
+
+fn fd_prop(props: &[(String, OwnedValue)], key: &str) -> Option<std::os::fd::OwnedFd> {
+    let v = props.iter().find(|(k, _)| k == key)?.1.try_clone().ok()?;
+    let fd = zbus::zvariant::Fd::try_from(v).ok()?;
+    std::os::fd::OwnedFd::try_from(fd).ok()
 }
 
 fn string_prop(props: &[(String, OwnedValue)], key: &str) -> Option<String> {
@@ -241,9 +277,79 @@ impl Systemd {
             .find(|(k, _)| k == "PIDs")
             .and_then(|(_, v)| Vec::<u32>::try_from(v.try_clone().ok()?).ok())
             .unwrap_or_default();
+        if properties.iter().any(|(k, _)| k == "ExecStart")
+            && self.refuse_services.load(Ordering::Relaxed)
+        {
+            return Err(SdError::Failed(
+                "Unknown assignment: StandardInputFileDescriptor".into(),
+            ));
+        }
+        let mut pids = pids;
+        let exec_start: Vec<(String, Vec<String>, bool)> = properties
+            .iter()
+            .find(|(k, _)| k == "ExecStart")
+            .and_then(|(_, v)| {
+                <Vec<(String, Vec<String>, bool)>>::try_from(v.try_clone().ok()?).ok()
+            })
+            .unwrap_or_default();
+        let environment: Vec<String> = properties
+            .iter()
+            .find(|(k, _)| k == "Environment")
+            .and_then(|(_, v)| Vec::<String>::try_from(v.try_clone().ok()?).ok())
+            .unwrap_or_default();
+        let fd_keys = [
+            "StandardInputFileDescriptor",
+            "StandardOutputFileDescriptor",
+            "StandardErrorFileDescriptor",
+        ];
+        let fds: Vec<Option<std::os::fd::OwnedFd>> =
+            fd_keys.iter().map(|k| fd_prop(&properties, k)).collect();
+        let std_fds: Vec<String> = fd_keys
+            .iter()
+            .zip(&fds)
+            .filter(|(_, f)| f.is_some())
+            .map(|(k, _)| k.to_string())
+            .collect();
         let cgroup = self.base.join(&name);
         std::fs::create_dir(&cgroup).map_err(|e| SdError::Failed(format!("mkdir: {e}")))?;
-        for pid in &pids {
+        if let Some((path, argv, _)) = exec_start.first() {
+            // A service: run ExecStart with the passed fds as its stdio, with the unit's
+            // Environment (and a PATH, as systemd gives one), in the unit's cgroup.
+            let mut cmd = Command::new(path);
+            cmd.arg0(&argv[0]).args(&argv[1..]).env_clear().env(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            );
+            for kv in &environment {
+                if let Some((k, v)) = kv.split_once('=') {
+                    cmd.env(k, v);
+                }
+            }
+            // systemd closes every other fd in a service; here, fds zbus received without
+            // close-on-exec (the originals of the three) would leak into the helper and its hook,
+            // and keep the runner's pipes open past the helper's end.
+            cloexec_all();
+            let mut fds = fds.into_iter();
+            let mut stdio = || match fds.next().flatten() {
+                Some(fd) => Stdio::from(fd),
+                None => Stdio::null(),
+            };
+            cmd.stdin(stdio()).stdout(stdio()).stderr(stdio());
+            let cg = cgroup.clone();
+            // systemd makes every service's main process a session (and group) leader.
+            cmd.process_group(0);
+            let mut child = cmd
+                .spawn()
+                .map_err(|e| SdError::Failed(format!("spawning {path}: {e}")))?;
+            // The helper waits for its go byte, which comes after this call returns.
+            std::fs::write(cg.join("cgroup.procs"), child.id().to_string())
+                .map_err(|e| SdError::Failed(format!("moving {}: {e}", child.id())))?;
+            pids.push(child.id());
+            std::thread::spawn(move || {
+                let _ = child.wait();
+            });
+        }
+        for pid in pids.iter().filter(|_| exec_start.is_empty()) {
             // Synchronous here; real systemd moves the pids when the start job runs.
             std::fs::write(cgroup.join("cgroup.procs"), pid.to_string())
                 .map_err(|e| SdError::Failed(format!("moving {pid}: {e}")))?;
@@ -258,6 +364,10 @@ impl Systemd {
             slice: string_prop(&properties, "Slice"),
             cgroup,
             kills: Vec::new(),
+            exec_start,
+            environment,
+            kill_mode: string_prop(&properties, "KillMode"),
+            std_fds,
             stopped: false,
             gone: false,
         });
@@ -278,12 +388,18 @@ impl Systemd {
             .rev()
             .find(|u| u.name == name)
         {
-            u.kills.push((whom, signal));
+            u.kills.push((whom.clone(), signal));
         }
         let unit = self
             .live(&name)
             .ok_or_else(|| SdError::NoSuchUnit(format!("Unit {name} not loaded.")))?;
-        if signal == libc::SIGKILL {
+        if whom == "main" {
+            let sig = nix::sys::signal::Signal::try_from(signal)
+                .map_err(|e| SdError::Failed(format!("signal {signal}: {e}")))?;
+            if let Some(pid) = unit.pids.first() {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid as i32), sig);
+            }
+        } else if signal == libc::SIGKILL {
             let _ = std::fs::write(unit.cgroup.join("cgroup.kill"), "1");
         } else {
             let procs =
@@ -339,6 +455,8 @@ pub fn cgroup2_root() -> PathBuf {
 pub struct Mocks {
     pub locks: Arc<Mutex<Vec<Lock>>>,
     pub units: Arc<Mutex<Vec<Unit>>>,
+    /// Set: the systemd mock refuses transient services (scopes still work).
+    pub refuse_services: Arc<AtomicBool>,
     /// The parent of the systemd mock's scope cgroups.
     pub cgroup_base: PathBuf,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -364,6 +482,8 @@ impl Mocks {
         let (ready_tx, ready) = std::sync::mpsc::channel::<Result<(), String>>();
         let address = bus.address.clone();
         let (l, u, b) = (locks.clone(), units.clone(), base.clone());
+        let refuse_services = Arc::new(AtomicBool::new(false));
+        let r = refuse_services.clone();
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -390,6 +510,7 @@ impl Mocks {
                                     Systemd {
                                         units: u.clone(),
                                         base: b,
+                                        refuse_services: r,
                                     },
                                 )?
                                 .build()
@@ -440,6 +561,7 @@ impl Mocks {
         Mocks {
             locks,
             units,
+            refuse_services,
             cgroup_base: base,
             stop: Some(stop),
             thread: Some(thread),

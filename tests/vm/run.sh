@@ -220,6 +220,16 @@ for _ in $(seq 120); do vm true 2>/dev/null && break; sleep 1; done
 vm true || fatal "ssh into the guest"
 check "the package enabled quiesce.service and it runs (Type=notify: READY)" \
   sh -c "[ \"\$($work/vm 'systemctl is-enabled quiesce; systemctl is-active quiesce' | tr '\n' ' ')\" = 'enabled active ' ]"
+echo "== the daemon's sandbox"
+vm 'systemd-analyze security --no-pager quiesce.service' > "$work/security.txt" 2>&1 || true
+grep '✗' "$work/security.txt" | sed 's/^/   /' || true
+exposure=$(sed -n 's/.*exposure level for quiesce.service: \([0-9.]*\).*/\1/p' "$work/security.txt")
+echo "   systemd-analyze security quiesce.service: ${exposure:-?}"
+check "the exposure score of quiesce.service is at most 3.0" \
+  awk -v s="${exposure:-99}" 'BEGIN { exit !(s <= 3.0) }'
+main_pid=$(vm 'systemctl show -p MainPID --value quiesce')
+check "inside the sandbox / is a read-only mount, and /sys/kernel/rcu_expedited is writable" \
+  sh -c "$work/vm 'nsenter -t $main_pid -m findmnt -no OPTIONS /; nsenter -t $main_pid -m findmnt -no OPTIONS /sys/kernel/rcu_expedited' | tee /dev/stderr | tr '\n' ' ' | grep -Eq '^ro,.* rw,'"
 check "/data is the data disk (ext4, by label)" \
   sh -c "$work/vm 'findmnt -no SOURCE,FSTYPE /data' | grep -q '^/dev/vd[a-z] *ext4'"
 freeze_list() { # the mounts check-config would freeze, one a line
@@ -269,7 +279,7 @@ snap_rc=0
 snap_s=$(python3 -c "import time; print(f'{time.time() - $t_snap:.1f}')")
 cat "$work/snapshot.err" | sed 's/^/   /'
 check "quiesce snapshot exits 0 (the QMP snapshot ran while frozen)" expect "$snap_rc" 0
-jq '.snapshots[0] | {id, state, consistency, frozen_ms, thaw_reason, mounts, hooks: [.hooks[] | {name, phase, exit_code}]}' \
+jq '.snapshots[0] | {id, state, consistency, frozen_ms, thaw_reason, mounts, hooks: [.hooks[] | {name, phase, exit_code, duration_ms}]}' \
   "$work/report.json" 2>/dev/null | sed 's/^/   /' || true
 snap_id=$(jq -r '.snapshots[0].id' "$work/report.json" 2>/dev/null || echo none)
 frozen_ms=$(jq -r '.snapshots[0].frozen_ms' "$work/report.json" 2>/dev/null || echo '?')
@@ -293,6 +303,12 @@ vm 'cat /var/tmp/bench/txlog.*' > "$work/pgbench-tx.log" || true
 vm 'cat /run/quiesce-vm/pre.log' > "$work/pre.log" || true
 t_pre=$(awk -v id="$snap_id" '$2 == id { print $1 }' "$work/pre.log" | tail -1)
 check "the pre hook noted when it started" test -n "$t_pre"
+vm 'cat /run/quiesce-vm/pre.cgroup /run/quiesce-vm/post.cgroup' > "$work/hook-cgroups.txt" || true
+sed 's/^/   /' "$work/hook-cgroups.txt"
+echo "   systemd's view of the hook units (start, end):"
+vm "journalctl -o short-precise --no-hostname _PID=1 | grep -F 'quiesce-hook-$snap_id-'" | sed 's/^/   /' || true
+check "the hooks ran as transient services of their own (cgroup quiesce-hook-ID-vm\\x2dmarker-pre/post.service)" \
+  sh -c "grep -qF '/quiesce-hook-$snap_id-vm\\x2dmarker-pre.service' '$work/hook-cgroups.txt' && grep -qF '/quiesce-hook-$snap_id-vm\\x2dmarker-post.service' '$work/hook-cgroups.txt'"
 
 # ---------------------------------------------------------------------------------------------
 echo "== the point-in-time copy (data.img), checked on the host"

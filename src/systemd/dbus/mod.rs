@@ -1,5 +1,6 @@
 //! D-Bus on the system bus: a logind inhibitor lock per snapshot ([`logind`]) and a systemd
-//! transient scope per hook run ([`scope`]).
+//! transient service per hook run ([`service`]; a transient scope around a directly started
+//! hook ([`scope`]) when systemd refuses the service).
 //!
 //! Both are extras: a machine without a bus (a container, CI), without logind or without
 //! systemd runs snapshots exactly as before, with one log line saying what is missing. So every
@@ -14,6 +15,7 @@
 
 pub mod logind;
 pub mod scope;
+pub mod service;
 
 use std::cell::RefCell;
 use std::time::{Duration, Instant};
@@ -50,7 +52,7 @@ impl Service {
     fn degraded(self) -> &'static str {
         match self {
             Service::Logind => "no inhibitor lock against shutdown and sleep during snapshots",
-            Service::Systemd => "hooks run without a systemd scope (process-group fallback)",
+            Service::Systemd => "hooks run directly, inside the daemon's sandbox, without a systemd unit (process-group fallback)",
         }
     }
 }
@@ -116,7 +118,7 @@ fn mark_no_bus(why: &str) {
     });
     if first {
         tracing::info!(
-            "no D-Bus system bus ({why}): no inhibitor locks, hooks run without systemd scopes"
+            "no D-Bus system bus ({why}): no inhibitor locks, hooks run directly, without systemd units"
         );
     } else {
         tracing::debug!("no D-Bus system bus ({why})");

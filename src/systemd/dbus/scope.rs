@@ -34,8 +34,17 @@ const POLL: Duration = Duration::from_millis(2);
 /// snapshot id and the hook name escaped as `systemd-escape` does (`-` becomes `\x2d`, so the
 /// dashes of the name stay separators) and each cut to 64 characters.
 pub fn unit_name(snapshot_id: &str, hook: &str, phase: &str) -> String {
+    format!("{}.scope", unit_stem(snapshot_id, hook, phase))
+}
+
+/// The same name as [`unit_name`], for the run's transient service: `….service`.
+pub fn service_name(snapshot_id: &str, hook: &str, phase: &str) -> String {
+    format!("{}.service", unit_stem(snapshot_id, hook, phase))
+}
+
+fn unit_stem(snapshot_id: &str, hook: &str, phase: &str) -> String {
     format!(
-        "quiesce-hook-{}-{}-{}.scope",
+        "quiesce-hook-{}-{}-{}",
         escape(snapshot_id),
         escape(hook),
         phase
@@ -64,13 +73,43 @@ fn escape(s: &str) -> String {
     out
 }
 
-/// A hook run's scope unit, created by [`start`].
+/// A hook run's unit: its scope, created by [`start`], or its transient service
+/// ([`super::service::start`]).
 #[derive(Debug)]
 pub struct Scope {
     name: String,
 }
 
 impl Scope {
+    /// The unit called `name`.
+    pub(crate) fn named(name: &str) -> Scope {
+        Scope {
+            name: name.to_owned(),
+        }
+    }
+
+    /// The unit's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Sends `signal` to the unit's main process (`KillUnit(main)`): the hook helper of a
+    /// service, which stops its hook's tree on SIGTERM. Never fails, only logs.
+    pub async fn signal_main(&self, signal: i32) {
+        let name = self.name.as_str();
+        let sent: Result<(), _> = call(
+            Service::Systemd,
+            PATH,
+            MANAGER,
+            "KillUnit",
+            &(name, "main", signal),
+        )
+        .await;
+        if let Err(e) = sent {
+            tracing::debug!(unit = %name, "KillUnit(main, {signal}): {e}");
+        }
+    }
+
     /// SIGKILLs every process left in the scope (`KillUnit(all)`), stops the unit and waits
     /// (at most [`CALL_TIMEOUT`]) until systemd has dropped it. For runs whose tree had to be
     /// stopped (timeout, cancellation, helper lost); never fails, only logs.
@@ -108,8 +147,9 @@ impl Scope {
         }
     }
 
-    /// Waits until `GetUnit` says the unit no longer exists; false if it still does.
-    async fn wait_gone(&self) -> bool {
+    /// Waits (at most [`CALL_TIMEOUT`]) until `GetUnit` says the unit no longer exists (it
+    /// ended and was collected); false if it still does.
+    pub async fn wait_gone(&self) -> bool {
         let end = Instant::now() + CALL_TIMEOUT;
         loop {
             let unit: Result<OwnedObjectPath, _> = call(
@@ -195,7 +235,7 @@ async fn wait_moved(pid: u32, unit: &str) -> bool {
 
 /// The slice this process runs in, from its cgroup path (`/system.slice/quiesce.service` gives
 /// `system.slice`); `None` outside a slice (a container, a test).
-fn own_slice() -> Option<String> {
+pub(crate) fn own_slice() -> Option<String> {
     let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
     slice_of(&text)
 }
