@@ -176,7 +176,7 @@ cat > "$work/domain.xml" <<EOF
     <qemu:arg value='-netdev'/>
     <qemu:arg value='user,id=qnet0,hostfwd=tcp:127.0.0.1:$agent_port-:7380,hostfwd=tcp:127.0.0.1:$ssh_port-:22'/>
     <qemu:arg value='-device'/>
-    <qemu:arg value='virtio-net-pci,netdev=qnet0'/>
+    <qemu:arg value='virtio-net-pci,netdev=qnet0,bus=pci.0,addr=0x10'/>
   </qemu:commandline>
 </domain>
 EOF
@@ -228,6 +228,10 @@ chmod 0755 "$work/vm"
 vm() { "$work/vm" "$@"; }
 for _ in $(seq 120); do vm true 2>/dev/null && break; sleep 1; done
 vm true || fatal "ssh into the guest"
+# jq -e on an empty input (a virsh that failed) would pass: jqe needs one JSON value and the filter
+# true.
+printf '#!/bin/sh\nf=$1; shift\nexec jq -e -s "length > 0 and (.[0] | $f)" "$@"\n' > "$work/jqe"
+chmod 0755 "$work/jqe"
 agent_cmd() { virsh qemu-agent-command "$dom" --timeout 30 "$1"; }
 # The agent channel: libvirt marks it connected once the guest opened the port.
 for _ in $(seq 60); do agent_cmd '{"execute":"guest-ping"}' >/dev/null 2>&1 && break; sleep 1; done
@@ -242,14 +246,12 @@ last_snap() { gstatus | jq -c '.snapshots[0] | {id, channel, state, consistency,
 # ---------------------------------------------------------------------------------------------
 echo "== virsh qemu-agent-command: ping, info, sync-delimited"
 check "guest-ping answers {\"return\":{}}" \
-  sh -c "virsh qemu-agent-command '$dom' '{\"execute\":\"guest-ping\"}' | tee /dev/stderr | jq -e '.return == {}'"
+  sh -c "virsh qemu-agent-command '$dom' '{\"execute\":\"guest-ping\"}' | tee /dev/stderr | '$work/jqe' '.return == {}'"
 agent_cmd '{"execute":"guest-info"}' > "$work/guest-info.json" 2>&1
 check "guest-info: quiesce's version, the freeze commands enabled" \
-  jq -e --arg v "$version" '.return.version == $v and
+  "$work/jqe" '.return.version == $v and
       ([.return.supported_commands[] | select(.enabled) | .name] | index("guest-fsfreeze-freeze") and index("guest-fsfreeze-thaw") and index("guest-fsfreeze-freeze-list"))' \
-      "$work/guest-info.json"
-check "guest-sync-delimited {id} answers the id" \
-  sh -c "virsh qemu-agent-command '$dom' '{\"execute\":\"guest-sync-delimited\",\"arguments\":{\"id\":4242}}' | tee /dev/stderr | tr -d '\377' | jq -e '.return == 4242'"
+      --arg v "$version" "$work/guest-info.json"
 check "an unknown command (setup (a), no forward): CommandNotFound" \
   sh -c "virsh qemu-agent-command '$dom' '{\"execute\":\"guest-network-get-interfaces\"}' 2>&1 | tee /dev/stderr | grep -q 'has not been found'"
 
@@ -261,7 +263,7 @@ freeze_s=$(since "$t0")
 echo "   $(cat "$work/freeze1.out") (answered in ${freeze_s}s)"
 check "virsh domfsfreeze: 1 filesystem frozen (the data disk)" grep -q 'Froze 1 filesystem' "$work/freeze1.out"
 check "guest-fsfreeze-status while frozen: \"frozen\"" \
-  sh -c "virsh qemu-agent-command '$dom' '{\"execute\":\"guest-fsfreeze-status\"}' | jq -e '.return == \"frozen\"'"
+  sh -c "virsh qemu-agent-command '$dom' '{\"execute\":\"guest-fsfreeze-status\"}' | '$work/jqe' '.return == \"frozen\"'"
 # A write to /data in the background: it blocks while /data is frozen (and cannot be killed).
 vm "rm -f /run/qvm-probe; (touch /data/probe-frozen && date +%s.%N > /run/qvm-probe) >/dev/null 2>&1 </dev/null &"
 sleep 2
@@ -275,7 +277,7 @@ check "after the thaw the blocked write completes" vm 'for i in $(seq 50); do [ 
 sleep 1
 last_snap > "$work/snap1.json"; sed 's/^/   /' "$work/snap1.json"
 check "quiesce status --json in the guest: channel qga, succeeded, application, /data, thawed by the host" \
-  jq -e '.channel == "qga" and .state == "succeeded" and .consistency == "application" and .thaw_reason == "host" and .mounts == ["/data"]' "$work/snap1.json"
+  "$work/jqe" '.channel == "qga" and .state == "succeeded" and .consistency == "application" and .thaw_reason == "host" and .mounts == ["/data"]' "$work/snap1.json"
 t0=$(now)
 virsh domfsfreeze "$dom" --mountpoint /data > "$work/freeze2.out" 2>&1
 freeze_list_s=$(since "$t0")
@@ -284,9 +286,9 @@ check "virsh domfsthaw after it: 1 thawed" sh -c "virsh domfsthaw '$dom' | grep 
 sleep 1
 last_snap > "$work/snap2.json"; sed 's/^/   /' "$work/snap2.json"
 check "that snapshot: channel qga, succeeded" \
-  jq -e --arg id "$(jq -r .id "$work/snap1.json")" '.channel == "qga" and .state == "succeeded" and .id != $id' "$work/snap2.json"
+  "$work/jqe" '.channel == "qga" and .state == "succeeded" and .id != $id' --arg id "$(jq -r .id "$work/snap1.json")" "$work/snap2.json"
 check "virsh domfsfreeze --mountpoint / (not a candidate): an error, nothing frozen" \
-  sh -c "! virsh domfsfreeze '$dom' --mountpoint / && virsh qemu-agent-command '$dom' '{\"execute\":\"guest-fsfreeze-status\"}' | jq -e '.return == \"thawed\"'"
+  sh -c "! virsh domfsfreeze '$dom' --mountpoint / && virsh qemu-agent-command '$dom' '{\"execute\":\"guest-fsfreeze-status\"}' | '$work/jqe' '.return == \"thawed\"'"
 
 # ---------------------------------------------------------------------------------------------
 echo "== PostgreSQL on /data: pgbench tables, a ledger and a marker table"
@@ -320,14 +322,14 @@ sed 's/^/   /' "$work/snapshot.out"
 check "virsh snapshot-create-as --quiesce exits 0 (${snap_s}s)" expect "$snap_rc" 0
 check "vdb is now the overlay; data.img its backing file (the point-in-time copy)" \
   sh -c "virsh domblklist '$dom' | grep -q 'vdb .*data-overlay.qcow2' &&
-         qemu-img info -U --output=json '$work/data-overlay.qcow2' | jq -e '(.\"backing-filename\" // \"\") | endswith(\"/data.img\")'"
+         qemu-img info -U --output=json '$work/data-overlay.qcow2' | '$work/jqe' '(.\"backing-filename\" // \"\") | endswith(\"/data.img\")'"
 last_snap > "$work/snap-pg.json"; sed 's/^/   /' "$work/snap-pg.json"
 snap_id=$(jq -r .id "$work/snap-pg.json")
 check "the guest's snapshot: channel qga, succeeded, application, thawed by the host" \
-  jq -e '.channel == "qga" and .state == "succeeded" and .consistency == "application" and .thaw_reason == "host"' "$work/snap-pg.json"
+  "$work/jqe" '.channel == "qga" and .state == "succeeded" and .consistency == "application" and .thaw_reason == "host"' "$work/snap-pg.json"
 gstatus | jq -c '.snapshots[0].hooks | map("\(.name) \(.phase):\(.exit_code)")' > "$work/snap-pg-hooks.json"
 check "its hooks ran: vm-marker and postgres, pre and post, exit 0" \
-  jq -e 'sort == (["vm-marker pre:0", "postgres pre:0", "postgres post:0", "vm-marker post:0"] | sort)' "$work/snap-pg-hooks.json"
+  "$work/jqe" 'sort == (["vm-marker pre:0", "postgres pre:0", "postgres post:0", "vm-marker post:0"] | sort)' "$work/snap-pg-hooks.json"
 echo "   waiting for pgbench to finish"
 for _ in $(seq 120); do
   [ "$(vm 'systemctl is-active qvm-bench' 2>/dev/null)" = active ] || break
@@ -353,7 +355,7 @@ check "a write to /data blocked by the freeze completes by itself within 15 s" t
 deadline_s=$(since "$t_frozen")
 last_snap > "$work/snap3.json"; sed 's/^/   /' "$work/snap3.json"
 check "the snapshot ended failed, crash, thawed by the deadline" \
-  jq -e '.channel == "qga" and .state == "failed" and .consistency == "crash" and .thaw_reason == "deadline"' "$work/snap3.json"
+  "$work/jqe" '.channel == "qga" and .state == "failed" and .consistency == "crash" and .thaw_reason == "deadline"' "$work/snap3.json"
 check "a later virsh domfsthaw answers 0" sh -c "virsh domfsthaw '$dom' | tee /dev/stderr | grep -q 'Thawed 0 filesystem'"
 vm "sed -i -e '/^qga:/,/^\$/ s|^  freeze_timeout: .*|  freeze_timeout: 60s|' /etc/quiesce/config.yaml && systemctl reload quiesce"
 sleep 2
@@ -385,7 +387,7 @@ check "the writer stalled (the freeze is real): $stall_quiesce s" python3 -c "im
 vm 'systemctl stop quiesce && systemctl unmask qemu-guest-agent && systemctl start qemu-guest-agent && sleep 1 && systemctl is-active qemu-guest-agent' > "$work/qemu-ga-start.log" 2>&1
 for _ in $(seq 30); do agent_cmd '{"execute":"guest-ping"}' >/dev/null 2>&1 && break; sleep 1; done
 check "qemu-ga answers guest-info with its own version" \
-  sh -c "virsh qemu-agent-command '$dom' '{\"execute\":\"guest-info\"}' | jq -e '.return.version | startswith(\"7.2\")'"
+  sh -c "virsh qemu-agent-command '$dom' '{\"execute\":\"guest-info\"}' | '$work/jqe' '.return.version | startswith(\"7.2\")'"
 check "snapshot-create-as --quiesce with Debian's qemu-ga on the port" stall_snapshot qemu-ga "$work/data-overlay3.qcow2"
 stall_qemuga=$(max_gap "$work/writer-qemu-ga.log")
 ratio=$(python3 -c "print(f'{$stall_quiesce / $stall_qemuga:.2f}' if $stall_qemuga > 0 else '?')")
@@ -404,16 +406,26 @@ vm 'set -e
   || { sed 's/^/   /' "$work/setup-b.log"; }
 for _ in $(seq 30); do agent_cmd '{"execute":"guest-ping"}' >/dev/null 2>&1 && break; sleep 1; done
 check "quiesce on the port again: guest-info has quiesce's version" \
-  sh -c "virsh qemu-agent-command '$dom' '{\"execute\":\"guest-info\"}' | tee '$work/guest-info-b.json' | jq -e --arg v '$version' '.return.version == \$v'"
+  sh -c "virsh qemu-agent-command '$dom' '{\"execute\":\"guest-info\"}' | tee '$work/guest-info-b.json' | '$work/jqe' '.return.version == \$v' --arg v '$version'"
 check "guest-info lists qemu-ga's commands too (merged)" \
-  jq -e '[.return.supported_commands[].name] | index("guest-network-get-interfaces")' "$work/guest-info-b.json"
+  "$work/jqe" '[.return.supported_commands[].name] | index("guest-network-get-interfaces")' "$work/guest-info-b.json"
 check "virsh domifaddr --source agent (relayed to qemu-ga) lists the guest's interface" \
   sh -c "virsh domifaddr '$dom' --source agent | tee /dev/stderr | grep -E 'ipv4 +10\.0\.2\.'"
 check "virsh domfsfreeze/domfsthaw in setup (b): 1 frozen, 1 thawed, by quiesce" \
   sh -c "virsh domfsfreeze '$dom' | grep -q 'Froze 1 filesystem' && virsh domfsthaw '$dom' | grep -q 'Thawed 1 filesystem'"
 sleep 1
 check "that snapshot is quiesce's: channel qga, succeeded" \
-  sh -c "$work/vm 'quiesce status --json --agent http://127.0.0.1:7380 --key-file /etc/quiesce/host.key' | jq -e '.snapshots[0] | .channel == \"qga\" and .state == \"succeeded\"'"
+  sh -c "$work/vm 'quiesce status --json --agent http://127.0.0.1:7380 --key-file /etc/quiesce/host.key' | '$work/jqe' '.snapshots[0] | .channel == \"qga\" and .state == \"succeeded\"'"
+
+# ---------------------------------------------------------------------------------------------
+# Last, because libvirt's agent reader parses each line it receives as JSON: the 0xFF that
+# precedes this reply (as qemu-ga's does) makes it mark the agent unusable until the guest
+# reopens the port. What the guest sent is in libvirtd's log.
+echo "== guest-sync-delimited through virsh qemu-agent-command"
+virsh qemu-agent-command "$dom" '{"execute":"guest-sync-delimited","arguments":{"id":4242}}' > "$work/sync-delimited.out" 2>&1
+sed 's/^/   /' "$work/sync-delimited.out"
+check "guest-sync-delimited {id}: the reply libvirt received is 0xFF then {\"return\":4242}" \
+  grep -aqF $'\xff{"return":4242}' "$work/libvirtd.log"
 
 # ---------------------------------------------------------------------------------------------
 echo "== summary"
