@@ -116,6 +116,8 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 
 # ---------------------------------------------------------------------------------------------
 echo "== image: scripts/package.sh and mmdebstrap (bookworm, with qemu-guest-agent) side by side"
+# Set by lib.sh's functions:
+version="" image_s="" initrd_kib="" rows_ledger="?" rows_history="?"
 export VM_QGA=1 # guest-setup.sh: qga enabled, qemu-guest-agent masked
 vm_build_image qemu-guest-agent
 unset VM_QGA
