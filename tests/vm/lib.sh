@@ -1,9 +1,10 @@
 # shellcheck shell=bash
 # shellcheck disable=SC2154,SC2034 # the caller defines work, repo, here; it reads what is set here
-# Shared parts of the VM tests, sourced by tests/vm/libvirt.sh: the guest image (the .deb of this
-# build in a Debian bookworm root made by mmdebstrap) and the restore of PostgreSQL from a
-# point-in-time copy of the data disk, checked on the host. The caller defines: repo, here, work
-# (the run's work directory), check, fatal, elapsed, and the array bg_pids.
+# Shared parts of the VM tests, sourced by tests/vm/run.sh and tests/vm/libvirt.sh: the guest
+# image (the .deb of this build in a Debian bookworm root made by mmdebstrap) and the restore of
+# PostgreSQL from a point-in-time copy of the data disk, checked on the host. The caller
+# defines: repo, here, work (the run's work directory), check, expect, fatal, elapsed, and the
+# array bg_pids.
 
 # vm_build_image EXTRA_PACKAGES: scripts/package.sh and mmdebstrap side by side, then the two ext4
 # images. EXTRA_PACKAGES (comma-separated, may be empty) are added to the guest; the environment
