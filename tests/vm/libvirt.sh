@@ -130,11 +130,20 @@ cp "$qemu_conf" "$work/qemu.conf.orig"
 # rather than through virtlogd, so that there is one daemon fewer to start and stop.
 sed -i -E '/^(security_driver|cgroup_controllers|stdio_handler) *=/d' "$qemu_conf"
 printf '%s\n' 'security_driver = "none"' 'cgroup_controllers = [ ]' 'stdio_handler = "file"' >> "$qemu_conf"
-/usr/sbin/libvirtd > "$work/libvirtd.log" 2>&1 &
+# In a mount namespace of its own where /dev/kvm is /dev/null: the domain is TCG anyway, and
+# where /dev/kvm is there but KVM does not boot a kernel (these machines), libvirt finds its
+# cached QEMU capabilities stale at every start and probes QEMU with KVM again (about 75 s).
+# unshare and sh exec: the pid is libvirtd's.
+if [ -e /dev/kvm ]; then
+  unshare -m --propagation private sh -c 'mount --bind /dev/null /dev/kvm && exec /usr/sbin/libvirtd' > "$work/libvirtd.log" 2>&1 &
+else
+  /usr/sbin/libvirtd > "$work/libvirtd.log" 2>&1 &
+fi
 libvirtd_pid=$!
 for _ in $(seq 100); do virsh version >/dev/null 2>&1 && break; sleep 0.2; done
 virsh version > "$work/virsh-version.txt" 2>&1 || { cat "$work/virsh-version.txt" "$work/libvirtd.log"; fatal "libvirtd answers on qemu:///system"; }
 sed 's/^/   /' "$work/virsh-version.txt" | grep -E 'library|hypervisor'
+t_define=$(now)
 
 agent_port=$(free_port)
 ssh_port=$(free_port)
@@ -191,6 +200,7 @@ cat > "$work/domain.xml" <<EOF
 </domain>
 EOF
 virsh define "$work/domain.xml" > "$work/define.log" 2>&1 || { cat "$work/define.log"; fatal "virsh define"; }
+echo "   defined in $(since "$t_define")s"
 
 # A guard in case this script itself is killed (SIGKILL, a CI timeout): when it is gone, or after
 # QUIESCE_VM_TIMEOUT seconds (default 1500) asks it to stop, the domain, libvirtd and the restored
@@ -420,6 +430,11 @@ vm 'set -e
   for i in $(seq 30); do [ -S /run/qemu-ga/qga.sock ] && break; sleep 1; done' > "$work/setup-b.log" 2>&1 \
   || { sed 's/^/   /' "$work/setup-b.log"; }
 for _ in $(seq 30); do agent_cmd '{"execute":"guest-ping"}' >/dev/null 2>&1 && break; sleep 1; done
+if ! agent_cmd '{"execute":"guest-ping"}' >/dev/null 2>&1; then # what each side saw, for the record
+  sed 's/^/   /' "$work/setup-b.log"
+  vm 'systemctl status --no-pager -n 0 quiesce qemu-guest-agent | grep -E "Loaded|Active|Drop-In|conf"; journalctl -o short-monotonic -n 25 -u quiesce -u qemu-guest-agent' | sed 's/^/   guest: /'
+  grep -a -iE 'agent|vserport|channel' "$work/libvirtd.log" | tail -10 | sed 's/^/   libvirtd: /'
+fi
 check "quiesce on the port again: guest-info has quiesce's version" \
   sh -c "virsh qemu-agent-command '$dom' '{\"execute\":\"guest-info\"}' | tee '$work/guest-info-b.json' | '$work/jqe' '.return.version == \$v' --arg v '$version'"
 check "guest-info lists qemu-ga's commands too (merged)" \
