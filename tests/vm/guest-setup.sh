@@ -98,6 +98,17 @@ chmod 0600 "$root/etc/quiesce/config.d/10-postgres.yaml"
 # check-config needs /data to be a mount to list it; here only the parse and the hooks count.
 in_root quiesce check-config --config /etc/quiesce/config.yaml >/dev/null 2>&1 || true
 
+# --- tests/vm/libvirt.sh (VM_QGA=1): quiesce alone on the virtio-serial port, docs/qga.md setup
+# (a). Debian's qemu-guest-agent is installed (the test switches to it and to setup (b) later) but
+# masked: its udev rule would start it when the port appears.
+if [ "${VM_QGA:-0}" = 1 ]; then
+  in_root systemctl mask qemu-guest-agent.service >/dev/null 2>&1
+  sed -i -e '/^qga:/,/^$/ s|^  enabled: .*|  enabled: true|' "$cfg"
+  sed -n '/^qga:/,/^$/p' "$cfg" | grep -q '^  enabled: true'
+  test -e "$root/usr/share/quiesce/qemu-guest-agent-forward.conf" || {
+    echo "guest-setup: the package did not install qemu-guest-agent-forward.conf" >&2; exit 1; }
+fi
+
 # --- the workload's script and pgbench's logs, on / so that they are never frozen.
 mkdir -p "$root/var/tmp/bench"
 cp "$here/ledger.sql" "$root/var/tmp/bench/ledger.sql"
