@@ -27,8 +27,13 @@ use crate::snapshot::model::{Channel, Snapshot};
 use crate::snapshot::Control;
 use protocol::{Command, Error, Frame, Framer, Reply, Request};
 
-/// How long the port is left alone after the host went away (EOF/HUP), before reading again.
+/// How long to wait before opening the port again after it could not be opened or failed.
 const PORT_RETRY: Duration = Duration::from_secs(1);
+/// With no host on the other end the port reads EOF (HUP) at once: the port is kept open and
+/// read again this much later, as qemu-ga does (its main loop sleeps 100 ms). Closing and
+/// reopening it instead is an event for the hypervisor side: libvirt drops its agent
+/// connection on it, and the two can chase each other.
+const PORT_IDLE: Duration = Duration::from_millis(100);
 /// The longest a relayed command may take (qemu-ga's own commands are quick or asynchronous).
 const RELAY_TIMEOUT: Duration = Duration::from_secs(300);
 /// The longest reply of the relayed qemu-ga kept (guest-file-read answers in base64).
@@ -111,7 +116,7 @@ impl Endpoint {
                         }
                         let agent = agent.clone();
                         tokio::spawn(async move {
-                            if let Err(e) = session(&agent, stream).await {
+                            if let Err(e) = session(&agent, stream, false).await {
                                 tracing::debug!("qga: connection ended: {e}");
                             }
                         });
@@ -130,9 +135,9 @@ impl Endpoint {
                     match open_port(&path) {
                         Ok(port) => {
                             warned = false;
-                            match session(&agent, port).await {
-                                Ok(()) => tracing::debug!("qga: no host connected to the port"),
-                                Err(e) => tracing::warn!("qga: {}: {e}", path.display()),
+                            // Returns only on an error: EOF/HUP keeps the port (see PORT_IDLE).
+                            if let Err(e) = session(&agent, port, true).await {
+                                tracing::warn!("qga: {}: {e}", path.display());
                             }
                         }
                         Err(e) if !warned => {
@@ -169,15 +174,32 @@ fn open_port(path: &Path) -> io::Result<Port> {
     Ok(tokio::io::join(reader, writer))
 }
 
-/// One byte stream: requests in, replies out, one at a time, until EOF.
-async fn session<S: AsyncRead + AsyncWrite + Unpin>(agent: &Agent, mut io: S) -> io::Result<()> {
+/// One byte stream: requests in, replies out, one at a time, until EOF (a socket) or an
+/// error. On the port (`port`), EOF means no host is connected: the port is kept open, a
+/// partial request is dropped (the next host starts afresh) and it is read again later.
+async fn session<S: AsyncRead + AsyncWrite + Unpin>(
+    agent: &Agent,
+    mut io: S,
+    port: bool,
+) -> io::Result<()> {
     let mut framer = Framer::new();
     let mut buf = vec![0u8; 16 * 1024];
+    let mut connected = true;
     loop {
         let n = io.read(&mut buf).await?;
         if n == 0 {
-            return Ok(());
+            if !port {
+                return Ok(());
+            }
+            if connected {
+                tracing::debug!("qga: no host connected to the port");
+                connected = false;
+                framer = Framer::new();
+            }
+            tokio::time::sleep(PORT_IDLE).await;
+            continue;
         }
+        connected = true;
         for frame in framer.push(&buf[..n]) {
             let reply = handle(agent, &frame).await;
             io.write_all(&reply).await?;
@@ -432,7 +454,7 @@ mod tests {
         let agent = Agent::with_ports(ctx, fakes::ports(&hooks, &freezers));
         let (host, guest) = tokio::io::duplex(1 << 20);
         let a = agent.clone();
-        tokio::spawn(async move { session(&a, guest).await });
+        tokio::spawn(async move { session(&a, guest, false).await });
         Scene {
             agent,
             freezers,
