@@ -33,11 +33,13 @@ set +e
 cargo test --locked --lib --bins --tests "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 # The packages, built and installed for real (slower: a release build and a Debian root), and
-# the system test in a real VM (QEMU, the .deb under systemd, a QMP storage snapshot, a
-# PostgreSQL restore). QUIESCE_SKIP_PACKAGES=1 / QUIESCE_SKIP_VM=1 leave them out of a quick
+# the system tests in a real VM (QEMU, the .deb under systemd, a QMP storage snapshot, a
+# PostgreSQL restore; then the same guest under libvirt, driven by virsh over the QEMU guest
+# agent protocol). QUIESCE_SKIP_PACKAGES=1 / QUIESCE_SKIP_VM=1 leave them out of a quick
 # local run; CI always runs them.
 pkg_status=0
 vm_status=0
+libvirt_status=0
 if [ "${QUIESCE_SKIP_PACKAGES:-0}" != 1 ] || [ "${CI:-}" = true ]; then
   echo "== tests/packages/run.sh"
   tests/packages/run.sh 2>&1 | tee "$pkglog"
@@ -47,10 +49,13 @@ if [ "${QUIESCE_SKIP_VM:-0}" != 1 ] || [ "${CI:-}" = true ]; then
   echo "== tests/vm/run.sh"
   tests/vm/run.sh 2>&1 | tee -a "$pkglog"
   vm_status=${PIPESTATUS[0]}
+  echo "== tests/vm/libvirt.sh"
+  tests/vm/libvirt.sh 2>&1 | tee -a "$pkglog"
+  libvirt_status=${PIPESTATUS[0]}
 fi
 set -e
-# One closing line with the totals of every test binary, the package checks and the VM test.
+# One closing line with the totals of every test binary, the package checks and the VM tests.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      /^[0-9]+ passed, [0-9]+ failed(, [0-9]+ skipped)?$/ && FILENAME != ARGV[1] { p += $1; f += $3 }
      END { printf "%d passed, %d failed\n", p, f }' "$log" "$pkglog"
-[ "$status" -eq 0 ] && [ "$pkg_status" -eq 0 ] && [ "$vm_status" -eq 0 ]
+[ "$status" -eq 0 ] && [ "$pkg_status" -eq 0 ] && [ "$vm_status" -eq 0 ] && [ "$libvirt_status" -eq 0 ]
