@@ -535,28 +535,13 @@ pub fn reached_frozen(s: &Snapshot) -> bool {
 /// The registry in-process, on the fakes of the freezer and the hook runner (no root).
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
     use std::time::Duration;
 
     use super::*;
-    use crate::config::Config;
     use crate::snapshot::fakes::{self, FakeFreezers, FakeHooks};
 
     fn agent(hooks_yaml: &str) -> (Arc<Agent>, Arc<FakeHooks>, Arc<FakeFreezers>) {
-        let text = format!(
-            "state_dir: /run/quiesce-test\nauth: {{mode: hmac, key_file: /etc/quiesce/host.key}}\n\
-             hooks: {hooks_yaml}\n"
-        );
-        let config = Config::parse(Path::new("/etc/quiesce/config.yaml"), &text).unwrap();
-        let ctx = Context {
-            config: Arc::new(config),
-            exe: "/nonexistent/quiesce".into(),
-            callback_key: None,
-        };
-        let hooks = Arc::new(FakeHooks::default());
-        let freezers = FakeFreezers::new(&["/data", "/logs"]);
-        let agent = Agent::with_ports(ctx, fakes::ports(&hooks, &freezers));
-        (agent, hooks, freezers)
+        fakes::agent(&format!("hooks: {hooks_yaml}\n"))
     }
 
     fn body(request_id: Option<&str>) -> CreateBody {

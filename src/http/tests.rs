@@ -1,7 +1,6 @@
 //! The router in-process: real requests through axum, the real HMAC check, the registry on the
 //! fakes of the freezer and the hook runner. No socket, no root.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -14,9 +13,7 @@ use super::hmac::Hmac;
 use super::{router, AuthSlot};
 use crate::agent::Agent;
 use crate::auth::{self, Key};
-use crate::config::Config;
 use crate::snapshot::fakes::{self, FakeFreezers, FakeHooks};
-use crate::snapshot::Context;
 
 const KEY: &[u8] = b"0123456789abcdef0123456789abcdef";
 
@@ -34,15 +31,7 @@ struct Api {
 }
 
 fn api() -> Api {
-    let text =
-        "state_dir: /run/quiesce-test\nauth: {mode: hmac, key_file: /etc/quiesce/host.key}\n\
-                hooks: [{name: a, pre: [/bin/a], post: [/bin/a]}]\n";
-    let config = Config::parse(Path::new("/etc/quiesce/config.yaml"), text).unwrap();
-    let ctx = Context {
-        config: Arc::new(config),
-        exe: "/nonexistent/quiesce".into(),
-        callback_key: None,
-    };
+    let ctx = fakes::context("hooks: [{name: a, pre: [/bin/a], post: [/bin/a]}]\n");
     let hooks = Arc::new(FakeHooks::default());
     let freezers = FakeFreezers::new(&["/data"]);
     let agent = Agent::with_ports(ctx, fakes::ports(&hooks, &freezers));

@@ -421,15 +421,11 @@ async fn relayed_commands(path: &Path) -> Vec<Value> {
 /// freezer and the hook runner (no root, no mounts).
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-
     use serde_json::json;
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, DuplexStream};
 
     use super::*;
-    use crate::config::Config;
     use crate::snapshot::fakes::{self, FakeFreezers, FakeHooks};
-    use crate::snapshot::Context;
 
     struct Scene {
         agent: Arc<Agent>,
@@ -439,19 +435,9 @@ mod tests {
     }
 
     fn scene(extra_yaml: &str) -> Scene {
-        let text = format!(
-            "state_dir: /run/quiesce-test\nauth: {{mode: hmac, key_file: /etc/quiesce/host.key}}\n\
-             qga: {{enabled: true, path: unix:/run/q.sock}}\n{extra_yaml}"
-        );
-        let config = Config::parse(Path::new("/etc/quiesce/config.yaml"), &text).unwrap();
-        let ctx = Context {
-            config: Arc::new(config),
-            exe: "/nonexistent/quiesce".into(),
-            callback_key: None,
-        };
-        let hooks = Arc::new(FakeHooks::default());
-        let freezers = FakeFreezers::new(&["/data", "/logs"]);
-        let agent = Agent::with_ports(ctx, fakes::ports(&hooks, &freezers));
+        let (agent, hooks, freezers) = fakes::agent(&format!(
+            "qga: {{enabled: true, path: unix:/run/q.sock}}\n{extra_yaml}"
+        ));
         let (host, guest) = tokio::io::duplex(1 << 20);
         let a = agent.clone();
         tokio::spawn(async move { session(&a, guest, false).await });

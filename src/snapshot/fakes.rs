@@ -383,3 +383,26 @@ pub fn ports(hooks: &Arc<FakeHooks>, freezers: &Arc<FakeFreezers>) -> Ports {
         freezers: Arc::new(freezers.clone()),
     }
 }
+
+/// A context for in-process tests: a config parsed from `yaml` after a minimal header (no file
+/// is read: the key and hooks are never checked), and an exe that is never run.
+pub fn context(yaml: &str) -> super::Context {
+    let text = format!(
+        "state_dir: /run/quiesce-test\nauth: {{mode: hmac, key_file: /etc/quiesce/host.key}}\n{yaml}"
+    );
+    let config = crate::config::Config::parse(Path::new("/etc/quiesce/config.yaml"), &text)
+        .unwrap_or_else(|e| panic!("config: {e}"));
+    super::Context {
+        config: Arc::new(config),
+        exe: "/nonexistent/quiesce".into(),
+        callback_key: None,
+    }
+}
+
+/// An agent on the fakes, over the targets /data and /logs.
+pub fn agent(yaml: &str) -> (Arc<crate::agent::Agent>, Arc<FakeHooks>, Arc<FakeFreezers>) {
+    let hooks = Arc::new(FakeHooks::default());
+    let freezers = FakeFreezers::new(&["/data", "/logs"]);
+    let agent = crate::agent::Agent::with_ports(context(yaml), ports(&hooks, &freezers));
+    (agent, hooks, freezers)
+}

@@ -1,7 +1,6 @@
 //! The driver, in-process, against the fakes of the hook runner and the freezer: no root, no
 //! processes, tokio's clock paused (time moves only when every task waits).
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,22 +11,13 @@ use super::fakes::{self, FakeFreezers, FakeHooks};
 use super::model::Snapshot;
 use super::ports::Ports;
 use super::{Context, Control, ControlMsg, Outputs, Request};
-use crate::config::Config;
 use crate::hooks::Phase;
 use crate::snapshot::lifecycle::{Consistency, Reason, Refusal, Requested, State, ThawReason};
 
 fn context(hooks_yaml: &str, timeout: &str) -> Context {
-    let text = format!(
-        "state_dir: /run/quiesce-test\nauth: {{mode: hmac, key_file: /etc/quiesce/host.key}}\n\
-         freeze:\n  timeout: {timeout}\nhooks: {hooks_yaml}\n"
-    );
-    let config = Config::parse(Path::new("/etc/quiesce/config.yaml"), &text)
-        .unwrap_or_else(|e| panic!("config: {e}"));
-    Context {
-        config: Arc::new(config),
-        exe: "/nonexistent/quiesce".into(),
-        callback_key: None,
-    }
+    fakes::context(&format!(
+        "freeze:\n  timeout: {timeout}\nhooks: {hooks_yaml}\n"
+    ))
 }
 
 const THREE: &str = "[{name: a, pre: [/bin/a], post: [/bin/a]}, \

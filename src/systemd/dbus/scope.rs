@@ -178,24 +178,11 @@ pub async fn start(name: &str, pid: u32, description: &str) -> Option<Scope> {
     if known_missing(Service::Systemd) {
         return None;
     }
-    let mut props: Vec<(&str, Value<'_>)> = vec![
+    let props: Vec<(&str, Value<'_>)> = vec![
         ("Description", Value::from(description)),
         ("PIDs", Value::from(vec![pid])),
-        ("CollectMode", Value::from("inactive-or-failed")),
     ];
-    let slice = own_slice();
-    if let Some(slice) = &slice {
-        props.push(("Slice", Value::from(slice.as_str())));
-    }
-    let aux: Vec<(&str, Vec<(&str, Value<'_>)>)> = Vec::new();
-    let job: Result<OwnedObjectPath, _> = call(
-        Service::Systemd,
-        PATH,
-        MANAGER,
-        "StartTransientUnit",
-        &(name, "fail", props, aux),
-    )
-    .await;
+    let job = start_transient(name, props).await;
     match job {
         Ok(_) => {}
         Err(CallError::Unavailable) => return None,
@@ -252,6 +239,28 @@ fn slice_of(proc_cgroup: &str) -> Option<String> {
         })?;
     let parent = Path::new(path).parent()?.file_name()?.to_str()?;
     parent.ends_with(".slice").then(|| parent.to_owned())
+}
+
+/// `StartTransientUnit` of a hook's unit (scope or service) with `props`, collected once it
+/// ended (even failed) and in the daemon's own slice.
+pub(super) async fn start_transient(
+    name: &str,
+    mut props: Vec<(&str, Value<'_>)>,
+) -> Result<OwnedObjectPath, CallError> {
+    props.push(("CollectMode", Value::from("inactive-or-failed")));
+    let slice = own_slice();
+    if let Some(slice) = &slice {
+        props.push(("Slice", Value::from(slice.as_str())));
+    }
+    let aux: Vec<(&str, Vec<(&str, Value<'_>)>)> = Vec::new();
+    call(
+        Service::Systemd,
+        PATH,
+        MANAGER,
+        "StartTransientUnit",
+        &(name, "fail", props, aux),
+    )
+    .await
 }
 
 #[cfg(test)]

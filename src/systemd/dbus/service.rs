@@ -21,13 +21,10 @@
 
 use std::os::fd::{AsFd, BorrowedFd};
 
-use zbus::zvariant::{Fd, OwnedObjectPath, Value};
+use zbus::zvariant::{Fd, Value};
 
-use super::scope::{own_slice, Scope};
-use super::{call, known_missing, CallError, Service};
-
-const PATH: &str = "/org/freedesktop/systemd1";
-const MANAGER: &str = "org.freedesktop.systemd1.Manager";
+use super::scope::Scope;
+use super::{known_missing, CallError, Service};
 
 /// What the hook's service is made of.
 pub struct HookService<'a> {
@@ -66,7 +63,7 @@ pub async fn start(svc: &HookService<'_>) -> Result<Scope, NotStarted> {
         false,
     )];
     let env: Vec<&str> = svc.environment.iter().map(String::as_str).collect();
-    let mut props: Vec<(&str, Value<'_>)> = vec![
+    let props: Vec<(&str, Value<'_>)> = vec![
         ("Description", Value::from(svc.description)),
         ("ExecStart", Value::from(exec)),
         ("Environment", Value::from(env)),
@@ -83,21 +80,8 @@ pub async fn start(svc: &HookService<'_>) -> Result<Scope, NotStarted> {
             Value::from(Fd::from(svc.stderr.as_fd())),
         ),
         ("KillMode", Value::from("process")),
-        ("CollectMode", Value::from("inactive-or-failed")),
     ];
-    let slice = own_slice();
-    if let Some(slice) = &slice {
-        props.push(("Slice", Value::from(slice.as_str())));
-    }
-    let aux: Vec<(&str, Vec<(&str, Value<'_>)>)> = Vec::new();
-    let job: Result<OwnedObjectPath, _> = call(
-        Service::Systemd,
-        PATH,
-        MANAGER,
-        "StartTransientUnit",
-        &(svc.name, "fail", props, aux),
-    )
-    .await;
+    let job = super::scope::start_transient(svc.name, props).await;
     match job {
         Ok(_) => Ok(Scope::named(svc.name)),
         Err(CallError::Unavailable) => Err(NotStarted::Unavailable),
