@@ -2,9 +2,33 @@
 # shellcheck disable=SC2154,SC2034 # the caller defines work, repo, here; it reads what is set here
 # Shared parts of the VM tests, sourced by tests/vm/run.sh and tests/vm/libvirt.sh: the guest
 # image (the .deb of this build in a Debian bookworm root made by mmdebstrap) and the restore of
-# PostgreSQL from a point-in-time copy of the data disk, checked on the host. The caller
-# defines: repo, here, work (the run's work directory), check, expect, fatal, elapsed, and the
-# array bg_pids.
+# PostgreSQL from a point-in-time copy of the data disk, checked on the host; and the test
+# harness both use (check, skip, expect, fatal, elapsed). The caller defines: repo, here, work
+# (the run's work directory), and the array bg_pids.
+
+# The test harness, one line per check: `check DESCRIPTION COMMAND...` goes on after a failure,
+# `fatal` stops the run (the caller's EXIT trap cleans up); the summary line is the one that
+# scripts/test.sh adds up.
+passed=0
+failed=0
+skipped=0
+check() { # check DESCRIPTION COMMAND...: one line per check, the run goes on after a failure
+  local what=$1; shift
+  if "$@" >"$work/check.out" 2>&1; then
+    echo "ok   $what"; passed=$((passed + 1))
+  else
+    echo "FAIL $what"; sed 's/^/     /' "$work/check.out" | tail -20; failed=$((failed + 1))
+  fi
+}
+skip() { echo "skip $1"; skipped=$((skipped + 1)); }
+expect() { [ "$1" = "$2" ] || { echo "got '$1', expected '$2'"; return 1; }; }
+fatal() { # the run cannot go on: count it, say why, stop (cleanup runs)
+  echo "FAIL $1"; failed=$((failed + 1))
+  [ -s "$work/console.log" ] && { echo "     last lines of the guest's console:"; tail -15 "$work/console.log" | sed 's/^/     /'; }
+  echo "$passed passed, $failed failed, $skipped skipped"
+  exit 1
+}
+elapsed() { echo $(( $(date +%s) - $1 )); }
 
 # vm_build_image EXTRA_PACKAGES: scripts/package.sh and mmdebstrap side by side, then the two ext4
 # images. EXTRA_PACKAGES (comma-separated, may be empty) are added to the guest; the environment

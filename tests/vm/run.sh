@@ -66,26 +66,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-passed=0
-failed=0
-skipped=0
-check() { # check DESCRIPTION COMMAND...: one line per check, the run goes on after a failure
-  local what=$1; shift
-  if "$@" >"$work/check.out" 2>&1; then
-    echo "ok   $what"; passed=$((passed + 1))
-  else
-    echo "FAIL $what"; sed 's/^/     /' "$work/check.out" | tail -20; failed=$((failed + 1))
-  fi
-}
-skip() { echo "skip $1"; skipped=$((skipped + 1)); }
-expect() { [ "$1" = "$2" ] || { echo "got '$1', expected '$2'"; return 1; }; }
-fatal() { # the run cannot go on: count it, say why, stop (cleanup runs)
-  echo "FAIL $1"; failed=$((failed + 1))
-  [ -s "$work/console.log" ] && { echo "     last lines of the guest's console:"; tail -15 "$work/console.log" | sed 's/^/     /'; }
-  echo "$passed passed, $failed failed"
-  exit 1
-}
-elapsed() { echo $(( $(date +%s) - $1 )); }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 # shellcheck source=tests/vm/lib.sh
 . "$here/lib.sh"
