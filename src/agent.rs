@@ -720,6 +720,7 @@ mod panic_tests {
             hooks: vec![],
             errors: vec![],
             warnings: vec![],
+            rcu: None,
         }
     }
 

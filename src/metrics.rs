@@ -14,6 +14,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use crate::duration::{unix_ms, unix_ms_now};
 
+use crate::freezer::protocol::Rcu;
 use crate::snapshot::lifecycle::{Consistency, State};
 use crate::snapshot::model::Snapshot;
 
@@ -72,6 +73,8 @@ struct Recorded {
     /// Unix time of the last `succeeded` end, in ms.
     last_success_ms: Option<u64>,
     mount_failures: u64,
+    /// Freezes (snapshots that issued a FIFREEZE), indexed like `Rcu::ALL`.
+    rcu: [u64; Rcu::ALL.len()],
 }
 
 /// The agent's metrics: cheap to update from any thread, rendered on `GET /metrics`.
@@ -143,6 +146,12 @@ impl Metrics {
             }
         }
         r.mount_failures += s.mounts.iter().filter(|m| m.error.is_some()).count() as u64;
+        if let Some(i) = s
+            .rcu
+            .and_then(|rcu| Rcu::ALL.iter().position(|&x| x == rcu))
+        {
+            r.rcu[i] += 1;
+        }
         if let Some(ms) = success_ms {
             // A clock step could make an older end look newer: keep the latest.
             r.last_success_ms = Some(r.last_success_ms.map_or(ms, |old| old.max(ms)));
@@ -327,6 +336,22 @@ impl Metrics {
             &[],
             self.auth_failures.load(Ordering::Relaxed) as f64,
         );
+
+        header(
+            &mut out,
+            "quiesce_freeze_rcu_total",
+            "counter",
+            "Freezes by what became of RCU grace periods during the FIFREEZEs: expedited by us, \
+             already expedited by someone else, unavailable (could not be set), off (freeze.expedite_rcu: false).",
+        );
+        for (i, rcu) in Rcu::ALL.iter().enumerate() {
+            sample(
+                &mut out,
+                "quiesce_freeze_rcu_total",
+                &[("rcu", rcu.as_str())],
+                r.rcu[i] as f64,
+            );
+        }
         out
     }
 
@@ -653,7 +678,29 @@ mod tests {
                 message: format!("pre hook {HOOK_A} failed"),
             }],
             warnings: vec![],
+            rcu: Some(Rcu::Expedited),
         }
+    }
+
+    #[test]
+    fn freezes_are_counted_by_what_became_of_rcu() {
+        let m = Metrics::new();
+        for rcu in [
+            Some(Rcu::Expedited),
+            Some(Rcu::Expedited),
+            Some(Rcu::Unavailable),
+            None,
+        ] {
+            let mut s = snapshot(State::Succeeded, Some(Consistency::Application));
+            s.rcu = rcu;
+            m.snapshot_ended(&s);
+        }
+        let lines = check(&m.render());
+        let rcu = |v| value(&lines, "quiesce_freeze_rcu_total", &[("rcu", v)]);
+        assert_eq!(rcu("expedited"), 2.0);
+        assert_eq!(rcu("unavailable"), 1.0);
+        assert_eq!(rcu("already_expedited"), 0.0);
+        assert_eq!(rcu("off"), 0.0);
     }
 
     #[test]
@@ -936,8 +983,16 @@ mod tests {
         for line in check(&text) {
             for (k, _) in line.labels {
                 assert!(
-                    ["state", "consistency", "reason", "phase", "le", "version"]
-                        .contains(&k.as_str()),
+                    [
+                        "state",
+                        "consistency",
+                        "reason",
+                        "phase",
+                        "le",
+                        "version",
+                        "rcu"
+                    ]
+                    .contains(&k.as_str()),
                     "label {k}"
                 );
             }
@@ -986,6 +1041,7 @@ mod tests {
                 "quiesce_mount_freeze_failures_total",
                 "quiesce_last_success_timestamp_seconds",
                 "quiesce_auth_failures_total",
+                "quiesce_freeze_rcu_total",
             ]
         );
     }

@@ -99,6 +99,7 @@ pub async fn run(args: FreezeArgs) -> anyhow::Result<i32> {
             preflush: prepared.request.preflush,
             flush_budget: prepared.timeout,
             state_dir,
+            expedite_rcu: ctx.config.freeze.expedite_rcu,
         },
     )?;
 

@@ -98,6 +98,8 @@ pub struct Freeze {
     pub include_mounts: Vec<PathBuf>,
     pub exclude_mounts: Vec<PathBuf>,
     pub exclude_fstypes: Vec<String>,
+    /// Expedite RCU grace periods during the FIFREEZE calls (`/sys/kernel/rcu_expedited`).
+    pub expedite_rcu: bool,
 }
 
 impl Default for Freeze {
@@ -109,6 +111,7 @@ impl Default for Freeze {
             include_mounts: Vec::new(),
             exclude_mounts: vec![PathBuf::from("/boot/efi")],
             exclude_fstypes: Vec::new(),
+            expedite_rcu: true,
         }
     }
 }

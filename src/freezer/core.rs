@@ -18,6 +18,9 @@
 //!   after the thaw began is thawed the moment it returns;
 //! - EBUSY (frozen by someone else) is never thawed and its record goes at once; EOPNOTSUPP is a
 //!   skip; EINVAL from FITHAW means "not frozen any more", a thaw like any other;
+//! - with `expedite_rcu`, RCU grace periods are expedited right before the first FIFREEZE and
+//!   put back once every mount has an outcome or the thaw begins, whichever comes first: the
+//!   knob is global, so it is on for exactly the freeze;
 //! - `ThawComplete` once nothing of ours is frozen (with the FIFREEZEs still outstanding as
 //!   `pending`), `Finished` and exit only once no call is outstanding at all.
 //!
@@ -47,6 +50,8 @@ pub struct CorePlan {
     pub preflush: bool,
     /// The most the pre-flush may delay the first FIFREEZE.
     pub flush_budget: Duration,
+    /// Expedite RCU grace periods from the first FIFREEZE until the last one has returned.
+    pub expedite_rcu: bool,
 }
 
 impl CorePlan {
@@ -57,6 +62,7 @@ impl CorePlan {
             timeout: Duration::from_millis(plan.timeout_ms),
             preflush: plan.preflush,
             flush_budget: Duration::from_millis(plan.flush_budget_ms),
+            expedite_rcu: plan.expedite_rcu,
         }
     }
 }
@@ -118,6 +124,12 @@ pub enum Effect {
     Thaw(usize),
     /// Remove the record of a mount.
     RemoveRecord(usize),
+    /// Expedite RCU grace periods now (if this machine lets us): the first FIFREEZE follows.
+    /// Always followed, later, by exactly one [`Effect::RelaxRcu`].
+    ExpediteRcu,
+    /// Put RCU grace periods back as they were: no FIFREEZE of ours is outstanding any more,
+    /// or the thaw began.
+    RelaxRcu,
     /// Send an event to the agent (after stamping its wall-clock fields).
     Emit(Event),
     /// Nothing is frozen and no call is outstanding: end the process.
@@ -189,6 +201,8 @@ pub struct Core {
     first_freeze: Option<Instant>,
     deadline: Option<Instant>,
     settled_sent: bool,
+    /// [`Effect::ExpediteRcu`] was given and [`Effect::RelaxRcu`] not yet.
+    rcu_expedited: bool,
     complete: bool,
     finished: bool,
     out: Vec<Effect>,
@@ -222,6 +236,7 @@ impl Core {
             first_freeze: None,
             deadline: None,
             settled_sent: false,
+            rcu_expedited: false,
             complete: false,
             finished: false,
             out: Vec::new(),
@@ -361,6 +376,10 @@ impl Core {
                 if self.first_freeze.is_none() {
                     self.first_freeze = Some(now);
                     self.deadline = Some(now + self.plan.timeout);
+                    if self.plan.expedite_rcu {
+                        self.rcu_expedited = true;
+                        self.out.push(Effect::ExpediteRcu);
+                    }
                 }
                 self.emit(Event::FreezeStarted {
                     mount: i,
@@ -452,10 +471,18 @@ impl Core {
                 .all(|s| matches!(s, St::Frozen | St::Failed))
         {
             self.settled_sent = true;
+            self.relax_rcu();
             self.emit(Event::AllSettled { unix_ms: 0 });
             // No FIFREEZE was ever issued (every record failed, or no mount): the freeze still
             // ends by itself after the timeout, as the agent expects.
             self.deadline.get_or_insert(now + self.plan.timeout);
+        }
+    }
+
+    /// Gives [`Effect::RelaxRcu`] once, if RCU was expedited.
+    fn relax_rcu(&mut self) {
+        if std::mem::take(&mut self.rcu_expedited) {
+            self.out.push(Effect::RelaxRcu);
         }
     }
 
@@ -464,6 +491,8 @@ impl Core {
             return;
         }
         self.phase = Phase::Thawing(cause);
+        // A FIFREEZE still outstanding at the thaw gains nothing from fast grace periods.
+        self.relax_rcu();
         for s in self.states.iter_mut() {
             if *s == St::Idle {
                 *s = St::Cancelled;
@@ -594,6 +623,15 @@ mod tests {
             timeout: TIMEOUT,
             preflush,
             flush_budget: Duration::from_secs(2),
+            expedite_rcu: false,
+        }
+    }
+
+    /// [`plan`] with RCU expedited during the freeze.
+    fn expedited(n: usize, stacks: &[(usize, usize)], preflush: bool) -> CorePlan {
+        CorePlan {
+            expedite_rcu: true,
+            ..plan(n, stacks, preflush)
         }
     }
 
@@ -1307,6 +1345,71 @@ mod tests {
     }
 
     #[test]
+    fn rcu_is_expedited_right_before_the_first_fifreeze_and_relaxed_when_the_last_returns() {
+        // 0 sits on 1: 1 freezes only after 0 returned, and RCU stays expedited until then.
+        let mut h = Harness::new(expedited(3, &[(0, 1)], false));
+        let fx = h.feed(Input::Freeze);
+        let first = fx.iter().position(|e| matches!(e, E::Freeze(_))).unwrap();
+        assert_eq!(
+            fx.iter().position(|e| *e == E::ExpediteRcu),
+            Some(first - 2)
+        );
+        assert_eq!(fx.iter().filter(|e| **e == E::ExpediteRcu).count(), 1);
+        assert_eq!(freezes(&fx), vec![0, 2]);
+        assert!(!h.froze(2).contains(&E::RelaxRcu));
+        let fx = h.froze(0);
+        assert_eq!(freezes(&fx), vec![1]);
+        assert!(!fx.contains(&E::RelaxRcu) && !fx.contains(&E::ExpediteRcu));
+        let fx = h.froze(1);
+        let relax = fx.iter().position(|e| *e == E::RelaxRcu).unwrap();
+        assert!(
+            relax
+                < fx.iter()
+                    .position(|e| matches!(e, E::Emit(Event::AllSettled { .. })))
+                    .unwrap()
+        );
+        // Nothing more about RCU through the thaw.
+        let mut fx = h.feed(Input::Thaw(ThawReason::Host));
+        for i in [1, 0, 2] {
+            fx.extend(h.thawed(i));
+        }
+        assert!(!fx.iter().any(|e| matches!(e, E::ExpediteRcu | E::RelaxRcu)));
+        assert!(h.core.is_finished());
+    }
+
+    #[test]
+    fn rcu_is_relaxed_at_the_thaw_when_a_fifreeze_hangs() {
+        let mut h = Harness::new(expedited(2, &[], true));
+        let fx = h.feed(Input::Freeze);
+        assert!(!fx.contains(&E::ExpediteRcu), "not during the pre-flush");
+        h.flushed(0);
+        assert!(h.flushed(1).contains(&E::ExpediteRcu));
+        h.froze(0);
+        // Mount 1's FIFREEZE hangs; the deadline thaws mount 0 and relaxes RCU first.
+        let fx = h.at(10_000).tick();
+        let relax = fx.iter().position(|e| *e == E::RelaxRcu).unwrap();
+        assert!(relax < fx.iter().position(|e| *e == E::Thaw(0)).unwrap());
+        h.thawed(0);
+        assert!(!h.froze(1).contains(&E::RelaxRcu), "relaxed once");
+    }
+
+    #[test]
+    fn rcu_is_never_touched_without_a_fifreeze_or_when_not_asked() {
+        let mut h = Harness::new(expedited(2, &[], false));
+        h.bad_records = vec![0, 1];
+        let fx = h.feed(Input::Freeze);
+        assert!(!fx.iter().any(|e| matches!(e, E::ExpediteRcu | E::RelaxRcu)));
+        let mut h = Harness::new(expedited(2, &[], false));
+        let fx = h.feed(Input::AgentGone);
+        assert!(!fx.iter().any(|e| matches!(e, E::ExpediteRcu | E::RelaxRcu)));
+        let mut h = Harness::new(plan(2, &[], false));
+        let mut fx = h.feed(Input::Freeze);
+        fx.extend(h.froze(0));
+        fx.extend(h.froze(1));
+        assert!(!fx.iter().any(|e| matches!(e, E::ExpediteRcu | E::RelaxRcu)));
+    }
+
+    #[test]
     fn an_empty_plan_settles_at_once() {
         let mut h = Harness::new(plan(0, &[], true));
         let fx = h.feed(Input::Freeze);
@@ -1349,7 +1452,13 @@ mod tests {
                 }
             }
             let preflush = rng.below(2) == 0;
-            let mut h = Harness::new(plan(n, &stacks, preflush));
+            let expedite = rng.below(2) == 0;
+            let mut p = plan(n, &stacks, preflush);
+            p.expedite_rcu = expedite;
+            let mut h = Harness::new(p);
+            // RCU: expedited at most once, before the first FIFREEZE; relaxed once after, no
+            // later than the moment no FIFREEZE is outstanding while freezing.
+            let (mut rcu_on, mut rcu_ons, mut rcu_offs, mut freezes_issued) = (false, 0, 0, 0);
             h.bad_records = (0..n).filter(|_| rng.below(8) == 0).collect();
             let prompt = rng.below(2) == 0;
 
@@ -1373,8 +1482,31 @@ mod tests {
                 assert!(steps < 10_000, "seed {seed}: the watchdog never ends");
                 for e in &fx {
                     match e {
+                        E::ExpediteRcu => {
+                            assert!(expedite, "seed {seed}: expedited without being asked");
+                            assert_eq!(freezes_issued, 0, "seed {seed}: expedited late");
+                            rcu_on = true;
+                            rcu_ons += 1;
+                        }
+                        E::RelaxRcu => {
+                            assert!(rcu_on, "seed {seed}: relaxed what was not expedited");
+                            rcu_on = false;
+                            rcu_offs += 1;
+                        }
+                        _ => {}
+                    }
+                    match e {
                         E::Emit(Event::DeadlineReached { .. }) => thaw_began = true,
+                        E::Emit(Event::AllSettled { .. }) => {
+                            assert!(!rcu_on, "seed {seed}: settled with RCU still expedited")
+                        }
                         E::Freeze(lower) => {
+                            freezes_issued += 1;
+                            assert_eq!(
+                                rcu_on,
+                                expedite && !thaw_began,
+                                "seed {seed}: FIFREEZE with RCU expedited {rcu_on}"
+                            );
                             for &(upper, l) in &stacks {
                                 if l == *lower {
                                     assert!(
@@ -1394,6 +1526,9 @@ mod tests {
                         }
                         _ => {}
                     }
+                }
+                if thaw_began {
+                    assert!(!rcu_on, "seed {seed}: RCU still expedited during the thaw");
                 }
                 if h.core.is_finished() {
                     break;
@@ -1456,6 +1591,16 @@ mod tests {
                     }
                 };
             }
+            assert!(!rcu_on, "seed {seed}: RCU left expedited at the end");
+            assert_eq!(
+                rcu_ons, rcu_offs,
+                "seed {seed}: expedited {rcu_ons}, relaxed {rcu_offs}"
+            );
+            assert_eq!(
+                rcu_ons,
+                usize::from(expedite && freezes_issued > 0),
+                "seed {seed}: expedited {rcu_ons} times for {freezes_issued} FIFREEZEs"
+            );
             for i in 0..n {
                 if frozen_ok[i] {
                     assert_eq!(thaw_started[i], 1, "seed {seed}: mount {i} thawed once");

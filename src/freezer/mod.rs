@@ -8,11 +8,13 @@
 //!   [`watchdog`] is its IO shell (threads, the clock, FIFREEZE/FITHAW through [`ioctl`], the
 //!   only unsafe code, the records, the pipe). [`protocol`] is the pipe between the agent and
 //!   the watchdog, and [`session`] the agent's side of it.
-//! - [`records`] keeps in `state_dir` what is frozen, for `thaw-all` and the start-up recovery.
+//! - [`recovery`] keeps in `state_dir` what is frozen, for `thaw-all` and the start-up recovery;
+//!   [`rcu`] expedites RCU grace periods for exactly the freeze (and is recorded there too).
 
 pub mod core;
 pub mod mountinfo;
 pub mod protocol;
+pub mod rcu;
 pub mod recovery;
 pub mod select;
 pub mod session;
@@ -117,6 +119,8 @@ pub struct FreezeOptions {
     pub preflush: bool,
     pub flush_budget: Duration,
     pub state_dir: PathBuf,
+    /// `freeze.expedite_rcu`.
+    pub expedite_rcu: bool,
 }
 
 /// Turns a discovery into the watchdog's plan: identifies every target, and refuses a
@@ -157,6 +161,7 @@ pub fn plan(discovery: &Discovery, opts: &FreezeOptions) -> Result<Plan, PlanErr
         preflush: opts.preflush,
         flush_budget_ms: opts.flush_budget.as_millis() as u64,
         state_dir: opts.state_dir.clone(),
+        expedite_rcu: opts.expedite_rcu,
     })
 }
 

@@ -46,6 +46,45 @@ pub struct Plan {
     /// Where a record of each mount is written before its FIFREEZE (a tmpfs).
     #[serde(with = "escaped_path")]
     pub state_dir: PathBuf,
+    /// Expedite RCU grace periods (`/sys/kernel/rcu_expedited`) from the first FIFREEZE until
+    /// the last one returned, when nobody else set them (`freeze.expedite_rcu`).
+    #[serde(default)]
+    pub expedite_rcu: bool,
+}
+
+/// What became of RCU grace periods for a freeze (see [`super::rcu`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Rcu {
+    /// We set `rcu_expedited` to 1 for the freeze, and put it back to 0 after.
+    Expedited,
+    /// It was 1 already (someone else's setting): the freeze was expedited, the knob untouched.
+    AlreadyExpedited,
+    /// Not expedited: `rcu_normal` is 1 (normal grace periods forced), or the knob could not be
+    /// read or set. The freeze went on at the normal pace.
+    Unavailable,
+    /// Not expedited: `freeze.expedite_rcu` is false, or nothing was frozen.
+    Off,
+}
+
+impl Rcu {
+    /// The metric's and the journal's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rcu::Expedited => "expedited",
+            Rcu::AlreadyExpedited => "already_expedited",
+            Rcu::Unavailable => "unavailable",
+            Rcu::Off => "off",
+        }
+    }
+
+    /// Every value, in the metric's order.
+    pub const ALL: [Rcu; 4] = [
+        Rcu::Expedited,
+        Rcu::AlreadyExpedited,
+        Rcu::Unavailable,
+        Rcu::Off,
+    ];
 }
 
 /// Why mounts are thawed: the lifecycle's reason, on the wire as the contract spells it. The
@@ -161,6 +200,11 @@ pub enum Event {
         errno: i32,
         error: String,
     },
+    /// RCU grace periods, right before the first FIFREEZE; `error` says why they were not
+    /// expedited when they could not be.
+    RcuExpedite { rcu: Rcu, error: Option<String> },
+    /// `rcu_expedited` could not be put back to 0 (its record stays, for `thaw-all`).
+    RcuRelaxFailed { error: String },
     /// Every mount has an outcome (frozen or failed): the storage snapshot may be taken now.
     AllSettled { unix_ms: u64 },
     /// The deadline passed: thawing follows at once.

@@ -32,6 +32,10 @@ use crate::sys::ioctl;
 /// Largest record file read (a record is a few hundred bytes).
 const MAX_RECORD_BYTES: u64 = 64 * 1024;
 
+/// The record, in `frozen/`, that the watchdog set `/sys/kernel/rcu_expedited` to 1 (no `.json`
+/// extension: it is not a mount's record).
+const RCU_RECORD: &str = "rcu_expedited";
+
 /// Checks that `dir` is a directory (not a symlink) of the effective uid, not writable by group
 /// or others.
 fn check_trusted_dir(dir: &Path) -> io::Result<()> {
@@ -179,10 +183,17 @@ impl Records {
             pid,
             unix_ms,
         };
+        self.write_file(
+            &Self::name_for(mount.dev),
+            serde_json::to_string(&record)?.as_bytes(),
+        )
+    }
+
+    /// Writes `bytes` to `frozen/NAME` atomically: `NAME.tmp`, then a rename.
+    fn write_file(&self, target: &str, bytes: &[u8]) -> io::Result<()> {
         use nix::fcntl::OFlag;
         let dir = self.open()?;
-        let target = Self::name_for(mount.dev);
-        let tmp = format!("{}-{}.tmp", mount.dev.major, mount.dev.minor);
+        let tmp = format!("{target}.tmp");
         let create = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL;
         // A leftover (a crash between create and rename) or anything planted there is
         // unlinked, never opened: O_EXCL|O_NOFOLLOW do not follow a symlink.
@@ -194,25 +205,50 @@ impl Records {
             }
             other => other?,
         };
-        f.write_all(serde_json::to_string(&record)?.as_bytes())?;
+        f.write_all(bytes)?;
         drop(f);
-        nix::fcntl::renameat(&dir, tmp.as_str(), &dir, target.as_str()).map_err(io::Error::from)
+        nix::fcntl::renameat(&dir, tmp.as_str(), &dir, target).map_err(io::Error::from)
     }
 
-    /// Removes a mount's record; a missing one is not an error.
-    pub fn remove(&self, dev: DevNum) -> io::Result<()> {
+    /// Removes `frozen/NAME`; a missing one is not an error.
+    fn remove_file(&self, name: &str) -> io::Result<()> {
         let dir = match self.open() {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
             other => other?,
         };
-        match nix::unistd::unlinkat(
-            &dir,
-            Self::name_for(dev).as_str(),
-            nix::unistd::UnlinkatFlags::NoRemoveDir,
-        ) {
+        match nix::unistd::unlinkat(&dir, name, nix::unistd::UnlinkatFlags::NoRemoveDir) {
             Err(nix::errno::Errno::ENOENT) | Ok(()) => Ok(()),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Records, before the watchdog sets `/sys/kernel/rcu_expedited` to 1, that it did (the
+    /// record is what puts it back to 0 after a SIGKILL of the watchdog).
+    pub fn write_rcu(&self, pid: u32, unix_ms: u64) -> io::Result<()> {
+        let text = serde_json::json!({ "pid": pid, "unix_ms": unix_ms }).to_string();
+        self.write_file(RCU_RECORD, text.as_bytes())
+    }
+
+    /// Removes the RCU record, once the knob is back to 0.
+    pub fn remove_rcu(&self) -> io::Result<()> {
+        self.remove_file(RCU_RECORD)
+    }
+
+    /// Whether an RCU record of ours is there (a file that is not ours does not count).
+    pub fn rcu_recorded(&self) -> io::Result<bool> {
+        let dir = match self.open() {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            other => other?,
+        };
+        match read_record_at(&dir, RCU_RECORD) {
+            Ok(_) => Ok(true),
+            Err(_) => Ok(false),
+        }
+    }
+
+    /// Removes a mount's record; a missing one is not an error.
+    pub fn remove(&self, dev: DevNum) -> io::Result<()> {
+        self.remove_file(&Self::name_for(dev))
     }
 
     /// Every record file, parsed (or the reason it could not be).
@@ -272,12 +308,18 @@ pub enum Recovery {
         file: PathBuf,
         error: String,
     },
+    /// A watchdog that died had set `/sys/kernel/rcu_expedited` to 1: it is 0 again
+    /// (`was_on`: it still read 1).
+    RcuRelaxed { was_on: bool },
+    /// ... and it could not be put back to 0; the record is kept for a later try.
+    RcuFailed { error: String },
 }
 
 impl Recovery {
-    /// True when the mount may still be frozen by us.
+    /// True when something of ours is left as it should not be: a mount that may still be
+    /// frozen by us, or RCU grace periods still expedited by us.
     pub fn left_frozen(&self) -> bool {
-        matches!(self, Recovery::Failed { .. })
+        matches!(self, Recovery::Failed { .. } | Recovery::RcuFailed { .. })
     }
 }
 
@@ -320,7 +362,8 @@ pub fn thaw_with_timeout(fd: OwnedFd, wait: Duration) -> Option<Result<(), Errno
 }
 
 /// Thaws every mount recorded in `state_dir` that still holds the same filesystem, and only
-/// those; removes each record it settled. Idempotent.
+/// those; removes each record it settled; puts RCU grace periods back to normal if a watchdog
+/// that died had expedited them. Idempotent.
 pub fn thaw_recorded(state_dir: &Path) -> io::Result<Vec<Recovery>> {
     let records = Records::new(state_dir);
     let mut out = Vec::new();
@@ -363,6 +406,10 @@ pub fn thaw_recorded(state_dir: &Path) -> io::Result<Vec<Recovery>> {
             records.remove(record.dev)?;
         }
         out.push(outcome);
+    }
+    // After the mounts: a FIFREEZE is never slower than with RCU expedited.
+    if records.rcu_recorded()? {
+        out.push(super::rcu::recover(&super::rcu::Knobs::system(), &records));
     }
     Ok(out)
 }

@@ -13,7 +13,9 @@ use tokio::process::{Child, ChildStdin};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
-use super::protocol::{escaped_path, Command, Event, FailKind, Plan, SetupProblem, ThawReason};
+use super::protocol::{
+    escaped_path, Command, Event, FailKind, Plan, Rcu, SetupProblem, ThawReason,
+};
 use super::recovery;
 use crate::logging::{self, ids, FrozenHold};
 
@@ -169,6 +171,10 @@ pub struct FreezeSession {
     pub thaw_reason: Option<ThawReason>,
     /// Mounts whose FIFREEZE has not returned at the thaw; the watchdog thaws each on return.
     pub pending: Vec<usize>,
+    /// What became of RCU grace periods, once the first FIFREEZE was issued.
+    pub rcu: Option<Rcu>,
+    /// The plan asked for expedited RCU grace periods.
+    expedite_rcu: bool,
     freeze_seq: usize,
     thaw_seq: usize,
     /// Log records stay in memory from the freeze request until the thaw (or this session's
@@ -243,6 +249,8 @@ impl FreezeSession {
             warnings: Vec::new(),
             thaw_reason: None,
             pending: Vec::new(),
+            rcu: None,
+            expedite_rcu: plan.expedite_rcu,
             freeze_seq: 0,
             thaw_seq: 0,
             log_hold: None,
@@ -339,6 +347,9 @@ impl FreezeSession {
                 deadline_unix_ms,
             } => {
                 self.times.freeze_started_ms.get_or_insert(*unix_ms);
+                if !self.expedite_rcu {
+                    self.rcu.get_or_insert(Rcu::Off);
+                }
                 self.times.deadline_ms.get_or_insert(*deadline_unix_ms);
                 if let Some(m) = self.mounts.get_mut(*mount) {
                     m.outcome = Outcome::Freezing;
@@ -351,6 +362,38 @@ impl FreezeSession {
                 errno,
                 error,
             } => self.freeze_failed(*mount, *kind, *errno, error),
+            Event::RcuExpedite { rcu, error } => {
+                self.rcu = Some(*rcu);
+                match error {
+                    None => tracing::info!(
+                        phase = "freeze",
+                        rcu = rcu.as_str(),
+                        "RCU grace periods for the freeze: {}",
+                        rcu.as_str()
+                    ),
+                    Some(e) => {
+                        tracing::warn!(
+                            phase = "freeze",
+                            rcu = rcu.as_str(),
+                            "RCU grace periods not expedited, the freeze goes on at the normal \
+                             pace: {e}"
+                        );
+                        self.warnings
+                            .push(format!("RCU grace periods not expedited: {e}"));
+                    }
+                }
+            }
+            Event::RcuRelaxFailed { error } => {
+                tracing::error!(
+                    phase = "freeze",
+                    rcu = "expedited",
+                    "cannot put RCU grace periods back to normal: {error}; `quiesce thaw-all` \
+                     retries from the record"
+                );
+                self.warnings.push(format!(
+                    "RCU grace periods are still expedited: {error}; `quiesce thaw-all` retries"
+                ));
+            }
             Event::AllSettled { unix_ms } => self.settled(*unix_ms),
             Event::DeadlineReached { .. } => tracing::warn!(
                 message_id = ids::DEADLINE_THAW,

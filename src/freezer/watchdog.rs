@@ -23,7 +23,8 @@ use nix::errno::Errno;
 use nix::sys::signal::{SigSet, Signal};
 
 use super::core::{Core, CorePlan, Effect, Input, RecordFailure};
-use super::protocol::{Command, Event, Plan, SetupProblem};
+use super::protocol::{Command, Event, Plan, Rcu, SetupProblem};
+use super::rcu::{self, Knobs};
 use super::recovery::{self, Records};
 use crate::sys::ioctl;
 /// Stack of the freeze/flush/thaw threads: they make one syscall each. Small, as it is locked.
@@ -179,14 +180,20 @@ fn spawn_stdin_reader(tx: mpsc::Sender<Input>) {
         .expect("spawn the command reader thread");
 }
 
-/// Thaws, while unwinding from a panic, whatever the flags say is frozen.
+/// Thaws, while unwinding from a panic, whatever the flags say is frozen, and puts RCU grace
+/// periods back if we expedited them.
 struct EmergencyThaw {
     fds: Vec<Arc<OwnedFd>>,
     frozen: Arc<Vec<AtomicBool>>,
+    rcu: Arc<AtomicBool>,
+    records: Records,
 }
 
 impl Drop for EmergencyThaw {
     fn drop(&mut self) {
+        if self.rcu.swap(false, Ordering::SeqCst) {
+            let _ = rcu::relax(&Knobs::system(), &self.records);
+        }
         for (fd, flag) in self.fds.iter().zip(self.frozen.iter()).rev() {
             if flag.swap(false, Ordering::SeqCst) {
                 let _ = ioctl::thaw(fd.as_fd());
@@ -212,6 +219,8 @@ struct Shell {
     /// Set by a FIFREEZE thread on success, cleared by the FITHAW thread: what the emergency
     /// guard thaws.
     frozen_flags: Arc<Vec<AtomicBool>>,
+    /// We set `rcu_expedited` to 1 and have not put it back yet.
+    rcu_set: Arc<AtomicBool>,
     records: Records,
     /// The core's deadline on the wall clock, computed once when it is set.
     deadline_unix_ms: Option<u64>,
@@ -231,6 +240,7 @@ impl Shell {
             core: Core::new(CorePlan::of(&plan)),
             records: Records::new(&plan.state_dir),
             frozen_flags: Arc::new((0..n).map(|_| AtomicBool::new(false)).collect()),
+            rcu_set: Arc::new(AtomicBool::new(false)),
             deadline_unix_ms: None,
             plan,
             fds,
@@ -247,6 +257,8 @@ impl Shell {
         let _guard = EmergencyThaw {
             fds: self.fds.clone(),
             frozen: self.frozen_flags.clone(),
+            rcu: self.rcu_set.clone(),
+            records: self.records.clone(),
         };
         loop {
             // The shell holds a sender itself, so the channel never disconnects; if it did,
@@ -326,6 +338,23 @@ impl Shell {
                 Effect::RemoveRecord(i) => {
                     let _ = self.records.remove(self.plan.mounts[i].dev);
                 }
+                Effect::ExpediteRcu => {
+                    let (rcu, error) = rcu::expedite(
+                        &Knobs::system(),
+                        &self.records,
+                        std::process::id(),
+                        crate::duration::unix_ms_now(),
+                    );
+                    self.rcu_set.store(rcu == Rcu::Expedited, Ordering::SeqCst);
+                    self.emit(Event::RcuExpedite { rcu, error });
+                }
+                Effect::RelaxRcu => {
+                    if self.rcu_set.swap(false, Ordering::SeqCst) {
+                        if let Err(error) = rcu::relax(&Knobs::system(), &self.records) {
+                            self.emit(Event::RcuRelaxFailed { error });
+                        }
+                    }
+                }
                 Effect::Emit(mut ev) => {
                     self.stamp(&mut ev);
                     self.emit(ev);
@@ -382,6 +411,7 @@ mod tests {
             preflush: false,
             flush_budget_ms: 0,
             state_dir: std::env::temp_dir(),
+            expedite_rcu: false,
         };
         let (tx, _rx) = mpsc::channel();
         let (out, events) = mpsc::channel();

@@ -28,6 +28,7 @@ const FIELDS: &[&str] = &[
     "QUIESCE_PHASE",
     "QUIESCE_MOUNT",
     "QUIESCE_HOOK",
+    "QUIESCE_RCU",
     "QUIESCE_LOGGED_AT",
     "CODE_FILE",
     "CODE_LINE",
@@ -100,13 +101,14 @@ impl Sink for Journal {
             .delayed
             .then(|| humantime::format_rfc3339_micros(r.time).to_string());
         let line = r.line.map(u64::from);
-        let values: [Option<&dyn Value>; 9] = [
+        let values: [Option<&dyn Value>; 10] = [
             Some(&message as &dyn Value),
             opt(&k.message_id),
             opt(&k.snapshot_id),
             opt(&k.phase),
             opt(&k.mount),
             opt(&k.hook),
+            opt(&k.rcu),
             opt(&logged_at),
             r.file.as_ref().map(|f| f as &dyn Value),
             line.as_ref().map(|l| l as &dyn Value),

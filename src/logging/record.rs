@@ -22,6 +22,9 @@ pub struct Known {
     pub mount: Option<String>,
     /// `QUIESCE_HOOK`: a hook's name.
     pub hook: Option<String>,
+    /// `QUIESCE_RCU`: what became of RCU grace periods for a freeze (`expedited`,
+    /// `already_expedited`, `unavailable`).
+    pub rcu: Option<String>,
     /// `MESSAGE_ID`: one of [`super::ids`].
     pub message_id: Option<String>,
 }
@@ -35,6 +38,7 @@ impl Known {
             "phase" => Some(&mut self.phase),
             "mount" => Some(&mut self.mount),
             "hook" => Some(&mut self.hook),
+            "rcu" => Some(&mut self.rcu),
             "message_id" => Some(&mut self.message_id),
             _ => None,
         }

@@ -150,6 +150,7 @@ impl Driver {
                     timeout: self.prepared.timeout,
                     preflush: self.prepared.request.preflush,
                     state_dir: self.ctx.config.state_dir.clone(),
+                    expedite_rcu: self.ctx.config.freeze.expedite_rcu,
                 });
                 f.start().await;
                 self.freezer = Some(f);
@@ -218,6 +219,7 @@ impl Driver {
             self.snap.thawed_at = view.times.thawed_ms.map(rfc3339);
             self.snap.frozen_ms = view.times.frozen_us.map(|us| us / 1000);
         }
+        self.snap.rcu = view.rcu;
         if let Some(tx) = &self.out.freeze_view {
             tx.send_replace(view.clone());
         }

@@ -151,6 +151,7 @@ pub fn initial_snapshot(p: &Prepared) -> Snapshot {
         hooks: Vec::new(),
         errors: Vec::new(),
         warnings: Vec::new(),
+        rcu: None,
     }
 }
 

@@ -75,6 +75,10 @@ pub struct Snapshot {
     pub hooks: Vec<HookReport>,
     pub errors: Vec<Problem>,
     pub warnings: Vec<Problem>,
+    /// What became of RCU grace periods during the freeze (`None`: no FIFREEZE was issued).
+    /// Not part of the contract's object: it feeds the metrics and the journal only.
+    #[serde(skip)]
+    pub rcu: Option<crate::freezer::protocol::Rcu>,
 }
 
 impl Snapshot {

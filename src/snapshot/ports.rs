@@ -62,6 +62,8 @@ pub struct FreezePlan {
     pub timeout: Duration,
     pub preflush: bool,
     pub state_dir: PathBuf,
+    /// `freeze.expedite_rcu`.
+    pub expedite_rcu: bool,
 }
 
 /// A freeze as it stands: each target and the times.
@@ -72,6 +74,8 @@ pub struct FreezeView {
     /// Why the freezer thawed, once it has.
     pub thaw_reason: Option<ThawReason>,
     pub warnings: Vec<String>,
+    /// What became of RCU grace periods, once the first FIFREEZE was issued.
+    pub rcu: Option<crate::freezer::protocol::Rcu>,
 }
 
 impl FreezeView {
@@ -183,6 +187,7 @@ impl WatchdogFreezer {
             preflush: self.plan.preflush,
             flush_budget: self.plan.timeout,
             state_dir: self.plan.state_dir.clone(),
+            expedite_rcu: self.plan.expedite_rcu,
         };
         let started = match freezer::plan(&self.plan.discovery, &opts) {
             Ok(plan) => FreezeSession::start(&plan, &self.exe)
@@ -220,6 +225,7 @@ impl WatchdogFreezer {
         self.view.mounts.clone_from(&s.mounts);
         self.view.times = s.times.clone();
         self.view.thaw_reason = s.thaw_reason;
+        self.view.rcu = s.rcu;
         self.view.warnings.clone_from(&s.warnings);
         self.view.warnings.get(known..).unwrap_or_default().to_vec()
     }

@@ -274,6 +274,11 @@ check "journalctl QUIESCE_SNAPSHOT_ID=$snap_id: started, frozen, thawed, finishe
     b465e5d50bd5435ebf50397f344adec9 ff4225f9b6954a5183e5dbd95d847bd8
 check "the hook's records carry QUIESCE_HOOK and QUIESCE_PHASE" \
   sh -c "grep -q 'QUIESCE_HOOK=postgres' '$work/journal-$snap_id.txt' && grep -q 'QUIESCE_PHASE=pre' '$work/journal-$snap_id.txt'"
+# The unit's sandbox lets the watchdog write /sys/kernel/rcu_expedited, and it is 0 again.
+check "the freeze was expedited (journal QUIESCE_RCU=expedited) and rcu_expedited is 0 again" \
+  sh -c "grep -q 'QUIESCE_RCU=expedited' '$work/journal-$snap_id.txt' && [ \"\$($work/vm 'cat /sys/kernel/rcu_expedited')\" = 0 ]"
+check "/metrics counts the expedited freeze (quiesce_freeze_rcu_total{rcu=\"expedited\"})" \
+  sh -c "curl -s '$agent/metrics' | grep -E '^quiesce_freeze_rcu_total[{]rcu=\"expedited\"[}] [1-9]'"
 
 # A snapshot held frozen from the host until NAME.release exists (the host's --exec waits).
 hold_frozen() { # hold_frozen NAME FREEZE_TIMEOUT
@@ -365,6 +370,8 @@ if hold_frozen kill 20s; then
     check "thawed by the deadline after kill -9" false
   fi
   check "systemd restarted the daemon (Restart=on-failure)" restarted_since "$restarts0" "$pid0" 60
+  check "after the kill -9 /sys/kernel/rcu_expedited is 0 and no RCU record is left" \
+    sh -c "[ \"\$($work/vm 'cat /sys/kernel/rcu_expedited; ls /run/quiesce/frozen/rcu_expedited 2>/dev/null')\" = 0 ]"
   release kill || true
 else
   fatal "a snapshot held frozen from the host (kill test)"
