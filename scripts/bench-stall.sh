@@ -6,7 +6,10 @@
 #
 # Creates K loop filesystems (ext4 and xfs in turn) in a temporary directory, starts a quiesce
 # daemon (auth hmac on loopback, restricted to them) and qemu-ga on a unix socket (no fsfreeze
-# hook), and runs R rounds for each dirty-data size (default 0 and 256 MiB) with a hold of H ms.
+# hook), and a second daemon with `freeze.expedite_rcu: false` (quiesce_normal_rcu); the floor
+# runs twice, as is and with /sys/kernel/rcu_expedited at 1 around its FIFREEZE calls
+# (floor_expedited: the kernel's limit). The knob is global: the script refuses to start unless
+# it reads 0, and puts it back to 0 on exit. It runs R rounds for each dirty-data size (default 0 and 256 MiB) with a hold of H ms.
 # Prints a markdown table (median and min-max per freezer), with --markdown FILE also into FILE,
 # and keeps the raw JSON lines with --keep FILE. Draws the comparison as PNG charts into
 # --charts DIR (default ./bench-stall-charts; scripts/bench/stall_charts.py, with gnuplot): the
@@ -21,7 +24,8 @@
 # skip).
 #
 # Usage: sudo scripts/bench-stall.sh [--mounts "K..."] [--runs R] [--dirty-mib "0 256"]
-#                                    [--hold-ms H] [--freezers quiesce,fsfreeze,qga,floor]
+#                                    [--hold-ms H]
+#                                    [--freezers quiesce,quiesce_normal_rcu,fsfreeze,qga,floor,floor_expedited]
 #                                    [--quiesce PATH] [--markdown FILE] [--keep FILE]
 #                                    [--charts DIR | --no-charts] [--no-install]
 set -euo pipefail
@@ -35,7 +39,7 @@ K_LIST=4
 RUNS=7
 DIRTY="0 256"
 HOLD=0
-FREEZERS=quiesce,fsfreeze,qga,floor
+FREEZERS=quiesce,quiesce_normal_rcu,fsfreeze,qga,floor,floor_expedited
 # shellcheck disable=SC2034 # read by loopfs.sh
 IMG_MIB=1024
 MARKDOWN=""
@@ -85,17 +89,22 @@ if ((${#need[@]})); then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 pgrep -x qemu-ga >/dev/null && die "a qemu-ga is already running: its thaw would touch ours"
+[[ $(cat /sys/kernel/rcu_expedited) == 0 ]] || die "/sys/kernel/rcu_expedited is 1: someone set it; the comparison needs it at 0"
 
 WORK=$(mktemp -d /tmp/quiesce-bench-stall.XXXXXX)
 source "$BENCH/loopfs.sh"
 MOUNTS=()
 IMAGES=()
 DPID=""
+D2PID=""
 QPID=""
 cleanup() {
     set +e
     trap - EXIT INT TERM
     [[ -n $DPID ]] && { kill -TERM "$DPID"; wait "$DPID"; }
+    [[ -n $D2PID ]] && { kill -TERM "$D2PID"; wait "$D2PID"; }
+    # Whatever happened, RCU grace periods are back to normal (it read 0 when we started).
+    echo 0 >/sys/kernel/rcu_expedited
     [[ -n $QPID ]] && { kill -TERM "$QPID"; wait "$QPID"; }
     local m img dev
     for m in "${MOUNTS[@]}"; do mountpoint -q "$m" && fsfreeze -u "$m" 2>/dev/null; done
@@ -125,20 +134,39 @@ mounts_yaml=$(printf '"%s", ' "${MOUNTS[@]}")
 head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$WORK/host.key"
 chmod 600 "$WORK/host.key"
 export QUIESCE_KEY_FILE="$WORK/host.key"
-cat >"$WORK/config.yaml" <<EOF
-listen: 127.0.0.1:$port
-state_dir: $WORK/state
+# write_config FILE PORT STATE_DIR EXPEDITE: a daemon restricted to the loop mounts.
+write_config() {
+    cat >"$1" <<EOF
+listen: 127.0.0.1:$2
+state_dir: $3
 auth: {mode: hmac, key_file: "$WORK/host.key"}
 freeze:
   timeout: 30s
   include_mounts: [${mounts_yaml%, }]
+  expedite_rcu: $4
 hooks: []
 EOF
-if [[ $FREEZERS == *quiesce* ]]; then
-    QUIESCE_LOG_TARGET=stderr "$QUIESCE" daemon --config "$WORK/config.yaml" 2>"$WORK/daemon.log" &
+}
+# start_daemon CONFIG LOG: starts it in the background ($! is its pid).
+start_daemon() {
+    QUIESCE_LOG_TARGET=stderr "$QUIESCE" daemon --config "$1" 2>"$2" &
+}
+wait_listening() {
+    for _ in $(seq 100); do grep -q "listening on" "$1" && return 0; sleep 0.05; done
+    die "the daemon did not start: $(cat "$1")"
+}
+write_config "$WORK/config.yaml" "$port" "$WORK/state" true
+if [[ ,$FREEZERS, == *,quiesce,* ]]; then
+    start_daemon "$WORK/config.yaml" "$WORK/daemon.log"
     DPID=$!
-    for _ in $(seq 100); do grep -q "listening on" "$WORK/daemon.log" && break; sleep 0.05; done
-    grep -q "listening on" "$WORK/daemon.log" || die "the daemon did not start: $(cat "$WORK/daemon.log")"
+    wait_listening "$WORK/daemon.log"
+fi
+port2=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+write_config "$WORK/config-normal-rcu.yaml" "$port2" "$WORK/state2" false
+if [[ $FREEZERS == *quiesce_normal_rcu* ]]; then
+    start_daemon "$WORK/config-normal-rcu.yaml" "$WORK/daemon2.log"
+    D2PID=$!
+    wait_listening "$WORK/daemon2.log"
 fi
 if [[ $FREEZERS == *qga* ]]; then
     mkdir -p "$WORK/qga"
@@ -155,6 +183,7 @@ for k in $K_LIST; do
         say "$k filesystems, dirty $d MiB, hold $HOLD ms, $RUNS rounds of: $FREEZERS"
         python3 "$BENCH/stall.py" --mounts "${MOUNTS[@]:0:k}" --runs "$RUNS" --dirty-mib "$d" \
             --hold-ms "$HOLD" --freezers "$FREEZERS" --quiesce-url "http://127.0.0.1:$port" \
+            --quiesce-normal-rcu-url "http://127.0.0.1:$port2" \
             --qga-socket "$WORK/qga.sock" | tee -a "$WORK/raw-$k.jsonl" >&2
     done
     cat "$WORK/raw-$k.jsonl" >>"$RAW"

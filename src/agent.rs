@@ -182,9 +182,10 @@ fn valid_request_id(s: &str) -> bool {
 }
 
 impl Agent {
-    /// An agent with no snapshot yet, freezing and running hooks for real.
+    /// An agent with no snapshot yet, freezing and running hooks for real, with a spare
+    /// watchdog kept ready (see [`Ports::daemon`]; needs a tokio runtime).
     pub fn new(ctx: Context) -> Arc<Agent> {
-        let ports = Ports::real(&ctx.exe);
+        let ports = Ports::daemon(&ctx.exe);
         Agent::with_ports(ctx, ports)
     }
 

@@ -904,3 +904,103 @@ fn hooks_and_their_interpreters_are_checked_again_before_exec() {
     run_once();
     assert_eq!(fs::read_to_string(&log).unwrap(), "pre\n");
 }
+
+/// The `quiesce watchdog` children of a process.
+fn watchdogs_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        // The fields after the command name (which may hold spaces) start after the last ')'.
+        let after = &stat[stat.rfind(')').unwrap() + 2..];
+        let ppid: u32 = after.split(' ').nth(1).unwrap().parse().unwrap();
+        let cmdline = fs::read_to_string(format!("/proc/{child}/cmdline")).unwrap_or_default();
+        if ppid == pid && cmdline.split('\0').nth(1) == Some("watchdog") {
+            out.push(child);
+        }
+    }
+    out
+}
+
+/// Waits until `pid` has exactly one watchdog child; returns it.
+fn the_one_watchdog(pid: u32) -> u32 {
+    let t = std::time::Instant::now();
+    loop {
+        let w = watchdogs_of(pid);
+        if w.len() == 1 {
+            return w[0];
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "watchdogs of {pid}: {w:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_spare_watchdog_is_ready_before_the_request_and_replaced_after_the_freeze() {
+    require_root();
+    let s = scene("30s", "[]");
+    let mut d = Daemon::start(&s.config);
+    let daemon = d.child.id();
+    // Started with the daemon, before any request: memory locked, waiting for a plan.
+    let spare = the_one_watchdog(daemon);
+    let status = fs::read_to_string(format!("/proc/{spare}/status")).unwrap();
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("VmLck:") && !l.ends_with(" 0 kB")),
+        "the spare has locked no memory:\n{status}"
+    );
+    let (_, snap) = d.call("POST", "/v1/snapshots", Some("{}"));
+    let id = snap["id"].as_str().unwrap().to_string();
+    let (_, frozen) = d.call(
+        "GET",
+        &format!("/v1/snapshots/{id}?wait=frozen&timeout_ms=20000"),
+        None,
+    );
+    assert_eq!(frozen["state"], "frozen", "{frozen}");
+    // The freeze is held by that very process, and no other was started for it.
+    assert_eq!(watchdogs_of(daemon), vec![spare]);
+    d.call(
+        "POST",
+        &format!("/v1/snapshots/{id}/thaw"),
+        Some(r#"{"storage_snapshot": "taken"}"#),
+    );
+    d.call(
+        "GET",
+        &format!("/v1/snapshots/{id}?wait=done&timeout_ms=20000"),
+        None,
+    );
+    // Once the snapshot ended, the used one is gone and a new spare waits.
+    let t = std::time::Instant::now();
+    let next = loop {
+        let w = watchdogs_of(daemon);
+        if w.len() == 1 && w[0] != spare {
+            break w[0];
+        }
+        assert!(t.elapsed() < Duration::from_secs(5), "watchdogs: {w:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(!std::path::Path::new(&format!("/proc/{spare}")).exists());
+    // A daemon that dies takes its spare with it (the spare's stdin closes).
+    d.signal("KILL");
+    d.wait_exit(Duration::from_secs(5));
+    let t = std::time::Instant::now();
+    while std::path::Path::new(&format!("/proc/{next}/stat")).exists()
+        && !fs::read_to_string(format!("/proc/{next}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "the spare outlived its daemon"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

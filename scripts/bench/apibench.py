@@ -466,7 +466,16 @@ def cmd_probe(a):
 
 
 def cmd_proc(a):
-    emit(proc_status(a.pid))
+    out = proc_status(a.pid)
+    # The daemon's spare watchdog (started ahead of the next freeze), when it has one.
+    cpid, argv = find_child(a.pid, "watchdog")
+    if cpid:
+        try:
+            out["spare"] = proc_status(cpid)
+            out["spare"]["pid"] = cpid
+        except FileNotFoundError:
+            pass
+    emit(out)
 
 
 def main():

@@ -174,7 +174,19 @@ def main():
               mib(p.get("RssFile_kib")), mib(p.get("Pss_kib")), priv, mib(p.get("VmLck_kib")),
               str(p.get("threads")))
 
+    def both(p):
+        """The daemon and its spare watchdog together: the idle footprint of every process of
+        quiesce (Pss and Private add up; the others would count shared pages twice)."""
+        if not p or not p.get("spare"):
+            return None
+        s = p["spare"]
+        return {k: p.get(k, 0) + s.get(k, 0) for k in
+                ("Pss_kib", "Private_Clean_kib", "Private_Dirty_kib", "RssAnon_kib", "VmLck_kib")} | {
+                "threads": p.get("threads", 0) + s.get("threads", 0)}
+
     prow("daemon, 1 s after start", p_start)
+    prow("spare watchdog, 1 s after start", (p_start or {}).get("spare"))
+    prow("every quiesce process, 1 s after start (daemon + spare; Pss, Private summed)", both(p_start))
     if p_20 and n_cyc != 20:
         prow("daemon, after 20 snapshots", p_20)
     prow(f"daemon, after {n_cyc} snapshots (API cycles)", p_cyc)
@@ -182,6 +194,8 @@ def main():
     p_idle = load_json(os.path.join(r, "idle3_after.json"))
     if p_idle:
         prow(f"daemon, after {n_all} snapshots and the idle windows", p_idle)
+        prow(f"spare watchdog, after {n_all} snapshots and the idle windows", p_idle.get("spare"))
+        prow(f"every quiesce process, after {n_all} snapshots and the idle windows (summed)", both(p_idle))
     wd = [x["child"] for x in probes if x.get("child")]
     for i, w in enumerate(wd):
         prow(f"watchdog while frozen (probe {i + 1})", w)
@@ -241,6 +255,10 @@ def main():
         if not b or not e:
             continue
         ticks = (e["utime"] + e["stime"]) - (b["utime"] + b["stime"])
+        # The spare watchdog's CPU, when the same spare was there at both ends.
+        sb, se = b.get("spare"), e.get("spare")
+        if sb and se and sb.get("pid") == se.get("pid"):
+            ticks += (se["utime"] + se["stime"]) - (sb["utime"] + sb["stime"])
         both = set(b["ctxt"]) & set(e["ctxt"])
         sw = sum(sum(e["ctxt"][tid]) - sum(b["ctxt"][tid]) for tid in both)
         gone = len(set(b["ctxt"]) - set(e["ctxt"]))
@@ -281,6 +299,12 @@ def main():
     for label, p in rss:
         if p:
             t.add(f"{label} <= 6 MiB", f"{p['VmRSS_kib'] / MIB:.2f} MiB", yes(p["VmRSS_kib"] <= 6 * MIB))
+    for label, p in (("after start", both(p_start)), ("after the runs and the idle windows", both(p_idle))):
+        if p:
+            priv = p["Private_Clean_kib"] + p["Private_Dirty_kib"]
+            t.add(f"idle footprint of every quiesce process {label}: private <= 2 MiB, PSS <= 8 MiB",
+                  f"private {priv / MIB:.2f} MiB, PSS {p['Pss_kib'] / MIB:.2f} MiB",
+                  yes(priv <= 2 * MIB and p["Pss_kib"] <= 8 * MIB))
     if wd:
         w_rss = max(w["VmRSS_kib"] for w in wd)
         w_lck = max(w.get("VmLck_kib", 0) for w in wd)

@@ -8,8 +8,13 @@ same run, alternating:
   fsfreeze  util-linux: `fsfreeze -f M` for each mount in turn, (hold), `fsfreeze -u` in reverse
   qga       the QEMU guest agent on a unix socket (hooks off): guest-fsfreeze-freeze-list with
             the mounts, (hold), guest-fsfreeze-thaw
+  quiesce_normal_rcu
+            the same through a second daemon with `freeze.expedite_rcu: false`
   floor     this process: syncfs on every mount in parallel, FIFREEZE on all in parallel from
             threads started beforehand, (hold), FITHAW in parallel: what the kernel costs
+  floor_expedited
+            the floor with /sys/kernel/rcu_expedited at 1 around the FIFREEZE calls (set after
+            the syncfs, back to 0 as soon as they returned, as quiesce does): the kernel's limit
 
 Per run and freezer: one appender per mount (scripts/bench/appender.py: 4 KiB records every
 millisecond, fdatasync every 8), 300 ms of steady writing, DIRTY MiB of unsynced data spread
@@ -20,7 +25,11 @@ the window (freeze request to thawed), each writer's longest call.
 ONLY pass loop mounts made for the benchmark: never /, /work, /tmp.
 
 Usage: stall.py --mounts M... --runs R --dirty-mib D --hold-ms H --quiesce-url URL
-                --qga-socket PATH [--freezers quiesce,fsfreeze,qga,floor]
+                [--quiesce-normal-rcu-url URL] --qga-socket PATH
+                [--freezers quiesce,quiesce_normal_rcu,fsfreeze,qga,floor,floor_expedited]
+
+/sys/kernel/rcu_expedited is global: floor_expedited runs only when it reads 0, and puts it
+back to 0 on every path (the caller's EXIT trap does too).
 """
 import argparse
 import ctypes
@@ -37,6 +46,7 @@ import urllib.parse
 
 import signing
 
+RCU_EXPEDITED = "/sys/kernel/rcu_expedited"
 FIFREEZE = 0xC0045877
 FITHAW = 0xC0045878
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -141,7 +151,8 @@ class Qga:
 class Floor:
     """syncfs then FIFREEZE on every mount at once, from threads that already exist."""
 
-    def __init__(self, mounts):
+    def __init__(self, mounts, expedite=False):
+        self.expedite = expedite
         self.fds = [os.open(m, os.O_RDONLY | os.O_DIRECTORY) for m in mounts]
         self.jobs = [None] * len(self.fds)
         self.go = [threading.Event() for _ in self.fds]
@@ -178,7 +189,19 @@ class Floor:
 
     def freeze(self):
         self.all(["syncfs"])
-        self.all([FIFREEZE])
+        if not self.expedite:
+            self.all([FIFREEZE])
+            return
+        with open(RCU_EXPEDITED) as f:
+            if f.read().strip() != "0":
+                raise RuntimeError(f"{RCU_EXPEDITED} is not 0: someone else set it")
+        try:
+            with open(RCU_EXPEDITED, "w") as f:
+                f.write("1")
+            self.all([FIFREEZE])
+        finally:
+            with open(RCU_EXPEDITED, "w") as f:
+                f.write("0")
 
     def thaw(self):
         self.all([FITHAW])
@@ -257,8 +280,10 @@ def main() -> None:
     ap.add_argument("--sync-every", type=int, default=8)
     ap.add_argument("--gap", type=float, default=0.5)
     ap.add_argument("--quiesce-url")
+    ap.add_argument("--quiesce-normal-rcu-url")
     ap.add_argument("--qga-socket")
-    ap.add_argument("--freezers", default="quiesce,fsfreeze,qga,floor")
+    ap.add_argument("--freezers",
+                    default="quiesce,quiesce_normal_rcu,fsfreeze,qga,floor,floor_expedited")
     a = ap.parse_args()
     for m in a.mounts:
         if os.path.realpath(m) in ("/", "/work", "/tmp"):
@@ -268,12 +293,16 @@ def main() -> None:
     for n in names:
         if n == "quiesce":
             freezers[n] = Quiesce(a.quiesce_url, a.mounts)
+        elif n == "quiesce_normal_rcu":
+            freezers[n] = Quiesce(a.quiesce_normal_rcu_url, a.mounts)
         elif n == "fsfreeze":
             freezers[n] = Fsfreeze(a.mounts)
         elif n == "qga":
             freezers[n] = Qga(a.qga_socket, a.mounts)
         elif n == "floor":
             freezers[n] = Floor(a.mounts)
+        elif n == "floor_expedited":
+            freezers[n] = Floor(a.mounts, expedite=True)
         else:
             raise SystemExit(f"unknown freezer {n}")
     try:
@@ -293,6 +322,9 @@ def main() -> None:
         # Whatever happened: nothing of ours stays frozen.
         for m in a.mounts:
             subprocess.run(["fsfreeze", "-u", m], stderr=subprocess.DEVNULL)
+        if "floor_expedited" in names:
+            with open(RCU_EXPEDITED, "w") as f:
+                f.write("0")
 
 
 if __name__ == "__main__":

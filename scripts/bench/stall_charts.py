@@ -20,10 +20,12 @@ import subprocess
 import sys
 import tempfile
 
-FREEZERS = ["quiesce", "fsfreeze", "qga", "floor"]
-LABELS = {"quiesce": "quiesce", "fsfreeze": "fsfreeze (util-linux)", "qga": "QEMU guest agent",
-          "floor": "parallel FIFREEZE floor"}
-COLOURS = {"quiesce": "#1f77b4", "fsfreeze": "#d62728", "qga": "#ff7f0e", "floor": "#7f7f7f"}
+FREEZERS = ["quiesce", "quiesce_normal_rcu", "fsfreeze", "qga", "floor", "floor_expedited"]
+LABELS = {"quiesce": "quiesce", "quiesce_normal_rcu": "quiesce, expedite_rcu: false",
+          "fsfreeze": "fsfreeze (util-linux)", "qga": "QEMU guest agent",
+          "floor": "parallel FIFREEZE floor", "floor_expedited": "floor, RCU expedited"}
+COLOURS = {"quiesce": "#1f77b4", "quiesce_normal_rcu": "#9ecae1", "fsfreeze": "#d62728",
+           "qga": "#ff7f0e", "floor": "#7f7f7f", "floor_expedited": "#2ca02c"}
 TERMINAL = "set terminal pngcairo size 960,540 font 'sans,11' noenhanced"
 
 

@@ -7,7 +7,8 @@
 //!   (order, deadline, thaw) as a pure state machine, events and the time in, effects out;
 //!   [`watchdog`] is its IO shell (threads, the clock, FIFREEZE/FITHAW through [`ioctl`], the
 //!   only unsafe code, the records, the pipe). [`protocol`] is the pipe between the agent and
-//!   the watchdog, and [`session`] the agent's side of it.
+//!   the watchdog, and [`session`] the agent's side of it; [`standby`] keeps a watchdog
+//!   process ready before the request, in the daemon.
 //! - [`recovery`] keeps in `state_dir` what is frozen, for `thaw-all` and the start-up recovery;
 //!   [`rcu`] expedites RCU grace periods for exactly the freeze (and is recorded there too).
 
@@ -19,6 +20,7 @@ pub mod recovery;
 pub mod select;
 pub mod session;
 pub mod stack;
+pub mod standby;
 pub mod watchdog;
 
 use std::os::unix::fs::MetadataExt;

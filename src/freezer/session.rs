@@ -17,6 +17,7 @@ use super::protocol::{
     escaped_path, Command, Event, FailKind, Plan, Rcu, SetupProblem, ThawReason,
 };
 use super::recovery;
+use super::standby::Standby;
 use crate::logging::{self, ids, FrozenHold};
 
 /// How long the watchdog may take to open the mounts and lock its memory.
@@ -182,23 +183,47 @@ pub struct FreezeSession {
     log_hold: Option<FrozenHold>,
 }
 
+/// Starts a watchdog process (`exe watchdog`): it locks its memory and waits for a plan on
+/// stdin (and exits when stdin closes before one came).
+pub fn spawn_watchdog(exe: &Path) -> Result<Child, SessionError> {
+    tokio::process::Command::new(exe)
+        .arg("watchdog")
+        // One malloc arena: each thread's own arena would reserve 64 MiB of address space.
+        .env("MALLOC_ARENA_MAX", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // The watchdog must outlive us if we die: that is its whole point.
+        .kill_on_drop(false)
+        .spawn()
+        .map_err(|source| SessionError::Spawn {
+            exe: exe.to_path_buf(),
+            source,
+        })
+}
+
 impl FreezeSession {
-    /// Starts the watchdog (`exe watchdog`), hands it the plan and waits until it is ready.
-    pub async fn start(plan: &Plan, exe: &Path) -> Result<FreezeSession, SessionError> {
-        let mut child = tokio::process::Command::new(exe)
-            .arg("watchdog")
-            // One malloc arena: each thread's own arena would reserve 64 MiB of address space.
-            .env("MALLOC_ARENA_MAX", "1")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            // The watchdog must outlive us if we die: that is its whole point.
-            .kill_on_drop(false)
-            .spawn()
-            .map_err(|source| SessionError::Spawn {
-                exe: exe.to_path_buf(),
-                source,
-            })?;
+    /// Takes the spare watchdog of `standby` (or starts one from `exe` when there is none),
+    /// hands it the plan and waits until it is ready.
+    pub async fn start(
+        plan: &Plan,
+        exe: &Path,
+        standby: Option<&Standby>,
+    ) -> Result<FreezeSession, SessionError> {
+        if let Some(spare) = standby.and_then(Standby::take) {
+            match FreezeSession::start_on(spare, plan).await {
+                // A spare that died since (killed by someone): start one now instead.
+                Err(SessionError::SendPlan(_) | SessionError::WatchdogGone) => {
+                    tracing::warn!("the spare watchdog was gone; starting one for this freeze")
+                }
+                other => return other,
+            }
+        }
+        FreezeSession::start_on(spawn_watchdog(exe)?, plan).await
+    }
+
+    /// Hands the plan to a started watchdog and waits until it is ready.
+    async fn start_on(mut child: Child, plan: &Plan) -> Result<FreezeSession, SessionError> {
         let mut stdin = child.stdin.take().expect("piped stdin");
         let stdout = child.stdout.take().expect("piped stdout");
         let stderr = child.stderr.take().expect("piped stderr");

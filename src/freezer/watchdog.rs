@@ -46,10 +46,12 @@ pub fn main() -> i32 {
         blocked.add(sig);
     }
     let _ = blocked.thread_block();
+    // Before the plan: a spare watchdog (see `standby`) is ready when the request comes.
+    let warnings = lock_in_memory();
 
     let (out_tx, out_rx) = mpsc::channel::<Event>();
     let writer = spawn_event_writer(out_rx);
-    let code = run(out_tx);
+    let code = run(out_tx, warnings);
     // Let the last events reach the agent, but never hang on a pipe nobody reads.
     let _ = writer.recv_timeout(Duration::from_secs(1));
     code
@@ -75,7 +77,7 @@ fn spawn_event_writer(rx: mpsc::Receiver<Event>) -> mpsc::Receiver<()> {
     done_rx
 }
 
-fn run(out: mpsc::Sender<Event>) -> i32 {
+fn run(out: mpsc::Sender<Event>, warnings: Vec<String>) -> i32 {
     let stdin = io::stdin();
     let mut first = String::new();
     let plan: Plan = match stdin.lock().read_line(&mut first) {
@@ -101,7 +103,7 @@ fn run(out: mpsc::Sender<Event>) -> i32 {
         }
     };
 
-    let (fds, warnings) = match setup(&plan) {
+    let fds = match setup(&plan) {
         Ok(ok) => ok,
         Err(problem) => {
             let _ = out.send(Event::SetupFailed { problem });
@@ -116,9 +118,28 @@ fn run(out: mpsc::Sender<Event>) -> i32 {
     0
 }
 
-/// Opens every mount point (before any freeze) and checks it is the planned filesystem; locks
-/// memory and protects the process from the OOM killer.
-fn setup(plan: &Plan) -> Result<(Vec<Arc<OwnedFd>>, Vec<String>), SetupProblem> {
+/// Locks the process's memory and protects it from the OOM killer; returns what could not be
+/// done.
+fn lock_in_memory() -> Vec<String> {
+    let mut warnings = Vec::new();
+    use nix::sys::mman::{mlockall, MlockAllFlags};
+    // MCL_ONFAULT locks pages as they are touched rather than populating every mapping (the
+    // whole binary, each thread's malloc arena reservation): the pages the watchdog uses stay
+    // resident, at a fraction of the memory. Kernels before 4.4 refuse it: lock everything.
+    let all = MlockAllFlags::MCL_CURRENT | MlockAllFlags::MCL_FUTURE;
+    let on_fault = MlockAllFlags::from_bits_retain(libc::MCL_ONFAULT);
+    if let Err(e) = mlockall(all | on_fault).or_else(|_| mlockall(all)) {
+        warnings.push(format!("watchdog: mlockall: {}", e.desc()));
+    }
+    if let Err(e) = std::fs::write("/proc/self/oom_score_adj", "-1000") {
+        warnings.push(format!("watchdog: oom_score_adj: {e}"));
+    }
+    warnings
+}
+
+/// Opens every mount point (before any freeze) and checks it is the planned filesystem, and
+/// the records' folder.
+fn setup(plan: &Plan) -> Result<Vec<Arc<OwnedFd>>, SetupProblem> {
     let errno = |e: &io::Error| e.raw_os_error().unwrap_or(0);
     let mut fds = Vec::with_capacity(plan.mounts.len());
     for m in &plan.mounts {
@@ -140,20 +161,7 @@ fn setup(plan: &Plan) -> Result<(Vec<Arc<OwnedFd>>, Vec<String>), SetupProblem> 
             path: plan.state_dir.clone(),
             errno: errno(&e),
         })?;
-    let mut warnings = Vec::new();
-    use nix::sys::mman::{mlockall, MlockAllFlags};
-    // MCL_ONFAULT locks pages as they are touched rather than populating every mapping (the
-    // whole binary, each thread's malloc arena reservation): the pages the watchdog uses stay
-    // resident, at a fraction of the memory. Kernels before 4.4 refuse it: lock everything.
-    let all = MlockAllFlags::MCL_CURRENT | MlockAllFlags::MCL_FUTURE;
-    let on_fault = MlockAllFlags::from_bits_retain(libc::MCL_ONFAULT);
-    if let Err(e) = mlockall(all | on_fault).or_else(|_| mlockall(all)) {
-        warnings.push(format!("watchdog: mlockall: {}", e.desc()));
-    }
-    if let Err(e) = std::fs::write("/proc/self/oom_score_adj", "-1000") {
-        warnings.push(format!("watchdog: oom_score_adj: {e}"));
-    }
-    Ok((fds, warnings))
+    Ok(fds)
 }
 
 fn spawn_stdin_reader(tx: mpsc::Sender<Input>) {

@@ -12,6 +12,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::freezer::session::{FreezeSession, MountStatus, Outcome, Times};
+use crate::freezer::standby::Standby;
 use crate::freezer::{self, Discovery, FreezeOptions, PlanError};
 use crate::hooks::{self, HookOutcome, HookSpec};
 use crate::snapshot::lifecycle::{Event, ThawReason};
@@ -115,7 +116,22 @@ impl Ports {
             }),
             freezers: Arc::new(Watchdogs {
                 exe: exe.to_path_buf(),
+                standby: None,
             }),
+        }
+    }
+
+    /// The daemon's: [`Ports::real`] with a spare watchdog kept ready before each request
+    /// (started here, and again after each freeze; needs a tokio runtime).
+    pub fn daemon(exe: &Path) -> Ports {
+        let standby = Arc::new(Standby::new(exe));
+        standby.fill();
+        Ports {
+            freezers: Arc::new(Watchdogs {
+                exe: exe.to_path_buf(),
+                standby: Some(standby),
+            }),
+            ..Ports::real(exe)
         }
     }
 }
@@ -139,6 +155,8 @@ impl HookRunner for ProcessHooks {
 /// Freezes done by the watchdog process (`quiesce watchdog`).
 pub struct Watchdogs {
     pub exe: PathBuf,
+    /// The daemon's spare watchdog; `None`: started on demand.
+    pub standby: Option<Arc<Standby>>,
 }
 
 impl Freezers for Watchdogs {
@@ -155,6 +173,7 @@ impl Freezers for Watchdogs {
             view: FreezeView::pending(&plan.discovery),
             plan,
             exe: self.exe.clone(),
+            standby: self.standby.clone(),
             session: None,
             open: false,
             queued: Vec::new(),
@@ -166,6 +185,7 @@ impl Freezers for Watchdogs {
 struct WatchdogFreezer {
     plan: FreezePlan,
     exe: PathBuf,
+    standby: Option<Arc<Standby>>,
     session: Option<FreezeSession>,
     /// The watchdog's events still come.
     open: bool,
@@ -190,7 +210,7 @@ impl WatchdogFreezer {
             expedite_rcu: self.plan.expedite_rcu,
         };
         let started = match freezer::plan(&self.plan.discovery, &opts) {
-            Ok(plan) => FreezeSession::start(&plan, &self.exe)
+            Ok(plan) => FreezeSession::start(&plan, &self.exe, self.standby.as_deref())
                 .await
                 .map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
@@ -306,6 +326,10 @@ impl Freezer for WatchdogFreezer {
         Box::pin(async move {
             if let Some(s) = self.session {
                 s.finish().await;
+            }
+            // The snapshot has ended: the next freeze's watchdog starts now, not on its path.
+            if let Some(standby) = &self.standby {
+                standby.fill();
             }
         })
     }
