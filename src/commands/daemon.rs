@@ -301,7 +301,7 @@ impl Service {
         let summary = format!(
             "{} hooks, freeze {}, auth {}{}",
             new.hooks.len(),
-            if new.freeze.enabled {
+            if new.freezes() {
                 "enabled"
             } else {
                 "disabled"
