@@ -256,7 +256,10 @@ impl Default for Hook {
 impl Hook {
     /// The post command for a snapshot whose thaw reason is `thaw_reason` (`None`: nothing
     /// was frozen): [`Hook::post_if_freeze_failed`] unless the host's thaw ended the freeze.
-    pub fn post_for(&self, thaw_reason: Option<crate::freezer::protocol::ThawReason>) -> Option<&Vec<String>> {
+    pub fn post_for(
+        &self,
+        thaw_reason: Option<crate::freezer::protocol::ThawReason>,
+    ) -> Option<&Vec<String>> {
         match (&self.post_if_freeze_failed, thaw_reason) {
             (Some(failed), r) if r != Some(crate::freezer::protocol::ThawReason::Host) => {
                 Some(failed)

@@ -113,11 +113,9 @@ pub(super) fn import(ctx: &Ctx<'_>, path: &Path, found: &mut Found) {
     if !checked.problems.is_empty() {
         let subject = format!("Azure's script config {}", path.display());
         for p in &checked.problems {
-            found.errors.push(ctx.error(p.message(
-                &subject,
-                path,
-                checked.real.as_deref(),
-            )));
+            found
+                .errors
+                .push(ctx.error(p.message(&subject, path, checked.real.as_deref())));
         }
         return;
     }
@@ -131,7 +129,10 @@ pub(super) fn import(ctx: &Ctx<'_>, path: &Path, found: &mut Found) {
         }
     };
     found.files.push(path.to_path_buf());
-    let json = Json { file: path, text: &text };
+    let json = Json {
+        file: path,
+        text: &text,
+    };
     let c: PluginConfig = match serde_json::from_str(&text) {
         Ok(c) => c,
         Err(e) => {
@@ -144,7 +145,9 @@ pub(super) fn import(ctx: &Ctx<'_>, path: &Path, found: &mut Found) {
     if plugin.is_empty() || plugin.chars().any(char::is_control) {
         errors.push(json.at(
             "pluginName",
-            format!("pluginName {plugin:?} cannot name a hook: leave it ScriptRunner, as Azure asks"),
+            format!(
+                "pluginName {plugin:?} cannot name a hook: leave it ScriptRunner, as Azure asks"
+            ),
         ));
     }
     let timeout_s = c.timeout.unwrap_or(DEFAULT_TIMEOUT_S);
@@ -178,7 +181,9 @@ pub(super) fn import(ctx: &Ctx<'_>, path: &Path, found: &mut Found) {
         } else if loc.contains('\0') || !p.is_absolute() {
             errors.push(json.at(
                 key,
-                format!("{key} {loc:?} is not an absolute path: write the full path, starting with /"),
+                format!(
+                    "{key} {loc:?} is not an absolute path: write the full path, starting with /"
+                ),
             ));
         } else {
             let checked = files::check_imported(ctx.fs, p, Imported::ShScript);
@@ -190,9 +195,12 @@ pub(super) fn import(ctx: &Ctx<'_>, path: &Path, found: &mut Found) {
     }
     // The interpreter is run as root too: the rules of hook commands.
     errors.extend(
-        ctx.check_command(&format!("the shell for Azure's scripts {SH}"), Path::new(SH))
-            .into_iter()
-            .map(|m| ctx.error(m)),
+        ctx.check_command(
+            &format!("the shell for Azure's scripts {SH}"),
+            Path::new(SH),
+        )
+        .into_iter()
+        .map(|m| ctx.error(m)),
     );
     if !errors.is_empty() {
         found.errors.extend(errors);
@@ -209,7 +217,8 @@ pub(super) fn import(ctx: &Ctx<'_>, path: &Path, found: &mut Found) {
     };
     if c.poll.is_some() {
         note.remarks.push(
-            "ScriptsExecutionPollTimeSeconds is ignored: quiesce waits for the script's exit".into(),
+            "ScriptsExecutionPollTimeSeconds is ignored: quiesce waits for the script's exit"
+                .into(),
         );
     }
     if c.legacy_timeout.is_some() {
@@ -275,6 +284,13 @@ impl Json<'_> {
         if let Some(at) = message.find(&suffix) {
             message.replace_range(at..at + suffix.len(), "");
         }
+        // An unknown field is shown at its key, not at the key's end where serde_json is.
+        let key = message
+            .strip_prefix("unknown field `")
+            .and_then(|rest| rest.split('`').next());
+        if let Some((line, column)) = key.and_then(|k| key_place(self.text, k)) {
+            return self.error(line, column, message);
+        }
         self.error(e.line().max(1), e.column().max(1), message)
     }
 }
@@ -306,7 +322,7 @@ mod tests {
         let t = "{\n  \"a\" : 1,\n\t\"pre\": \"x\", \"b\":\"pre\"\n}";
         assert_eq!(key_place(t, "a"), Some((2, 3)));
         assert_eq!(key_place(t, "pre"), Some((3, 2)));
-        assert_eq!(key_place(t, "b"), Some((3, 15)));
+        assert_eq!(key_place(t, "b"), Some((3, 14)));
         assert_eq!(key_place(t, "c"), None);
     }
 }

@@ -199,7 +199,9 @@ fn list_dir(ctx: &Ctx<'_>, dir: &Path, found: &mut Found) -> Option<Vec<Vec<u8>>
     use std::os::unix::ffi::OsStrExt;
     match files::follow(ctx.fs, dir) {
         None if !exists(ctx.fs, dir) => {
-            found.notes.push(ctx.note(dir, "does not exist: imports nothing"));
+            found
+                .notes
+                .push(ctx.note(dir, "does not exist: imports nothing"));
             return None;
         }
         Some(st) if st.kind == files::Kind::Dir => {}

@@ -96,7 +96,9 @@ pub(super) fn import(ctx: &Ctx<'_>, dir: &Path, found: &mut Found) {
         let name = format!("qemu:{file}");
         let problems = ctx.check_command(&format!("{name} ({})", path.display()), &path);
         if !problems.is_empty() {
-            found.errors.extend(problems.into_iter().map(|m| ctx.error(m)));
+            found
+                .errors
+                .extend(problems.into_iter().map(|m| ctx.error(m)));
             continue;
         }
         let cmd = path.to_string_lossy().into_owned();

@@ -46,7 +46,9 @@ pub(super) fn import(ctx: &Ctx<'_>, dir: &Path, legacy_dir: &Path, found: &mut F
             }
             let problems = ctx.check_command(&format!("{name} ({})", path.display()), path);
             ok &= problems.is_empty();
-            found.errors.extend(problems.into_iter().map(|m| ctx.error(m)));
+            found
+                .errors
+                .extend(problems.into_iter().map(|m| ctx.error(m)));
         }
         if ok {
             let argv = |p: &Path, arg: &str| vec![p.to_string_lossy().into_owned(), arg.into()];
@@ -89,10 +91,8 @@ pub(super) fn import(ctx: &Ctx<'_>, dir: &Path, legacy_dir: &Path, found: &mut F
         match files::follow(ctx.fs, &path) {
             Some(st) if st.kind == Kind::File => {}
             Some(st) if st.kind == Kind::Dir => {
-                note.skipped.push((
-                    shown,
-                    "a directory (open-vm-tools does not recurse)".into(),
-                ));
+                note.skipped
+                    .push((shown, "a directory (open-vm-tools does not recurse)".into()));
                 continue;
             }
             Some(_) => {
@@ -116,7 +116,9 @@ pub(super) fn import(ctx: &Ctx<'_>, dir: &Path, legacy_dir: &Path, found: &mut F
         let name = format!("vmware:{file}");
         let problems = ctx.check_command(&format!("{name} ({})", path.display()), &path);
         if !problems.is_empty() {
-            found.errors.extend(problems.into_iter().map(|m| ctx.error(m)));
+            found
+                .errors
+                .extend(problems.into_iter().map(|m| ctx.error(m)));
             continue;
         }
         let cmd = path.to_string_lossy().into_owned();
