@@ -36,6 +36,7 @@
 #![allow(dead_code)]
 
 pub mod daemon;
+pub mod qga;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufReader, BufWriter, Read, Write};
