@@ -30,8 +30,8 @@ pub fn run(config_path: &Path) -> i32 {
     };
     println!("{}: OK", config_path.display());
     print_settings(&config);
-    if !config.freeze.enabled {
-        println!("mounts: none (freeze.enabled is false)");
+    if let Some(why) = config.why_no_freeze() {
+        println!("mounts: none ({why})");
         return 0;
     }
     match freezer::discover(&config.rules(), None) {
@@ -92,6 +92,7 @@ fn print_settings(config: &Config) {
             }
         );
     }
+    print_imports(config);
     println!("hooks, in order (post hooks run in reverse):");
     if config.hooks.is_empty() {
         println!("  (none)");
@@ -101,13 +102,40 @@ fn print_settings(config: &Config) {
     }
 }
 
+/// Each import: where from, what it found or why nothing; said only when `imports` is set.
+fn print_imports(config: &Config) {
+    if config.imported.is_empty() {
+        return;
+    }
+    println!("imports:");
+    for n in &config.imported {
+        println!("  imports.{}: {}: {}", n.key, n.path.display(), n.outcome);
+        for r in &n.remarks {
+            println!("    {r}");
+        }
+        for (file, why) in &n.skipped {
+            println!("    skipped {file}: {why}");
+        }
+    }
+}
+
 /// One hook, several lines.
 fn describe(h: &Hook) -> String {
     let mut out = format!("  {}  (from {})\n", h.name, h.source.display());
-    for (phase, argv) in [("pre: ", &h.pre), ("post:", &h.post)] {
+    for (phase, argv) in [
+        ("pre: ", &h.pre),
+        ("post:", &h.post),
+        ("post if the freeze failed:", &h.post_if_freeze_failed),
+    ] {
         if let Some(argv) = argv {
             out.push_str(&format!("    {phase} {}\n", show_argv(argv)));
         }
+    }
+    if h.pre_retries > 0 || h.post_retries > 0 {
+        out.push_str(&format!(
+            "    retries: pre {}, post {}\n",
+            h.pre_retries, h.post_retries
+        ));
     }
     let env: Vec<&str> = h.env.keys().map(String::as_str).collect();
     out.push_str(&format!(
@@ -158,6 +186,7 @@ mod tests {
             on_failure: OnFailure::Abort,
             env: [("B".to_string(), "1".to_string()), ("A".into(), "2".into())].into(),
             source: PathBuf::from("/etc/quiesce/config.d/pg.yaml"),
+            ..Hook::default()
         };
         assert_eq!(
             describe(&h),

@@ -301,11 +301,7 @@ impl Service {
         let summary = format!(
             "{} hooks, freeze {}, auth {}{}",
             new.hooks.len(),
-            if new.freeze.enabled {
-                "enabled"
-            } else {
-                "disabled"
-            },
+            if new.freezes() { "enabled" } else { "disabled" },
             match new.auth.mode {
                 AuthMode::Hmac => "hmac",
                 AuthMode::None => "none",

@@ -175,8 +175,8 @@ pub async fn run(args: FreezeArgs) -> anyhow::Result<i32> {
 /// HTTP API checks one, in this command's words.
 fn prepare(args: &FreezeArgs) -> anyhow::Result<(Context, Prepared)> {
     let mut config = super::load_config(&args.config.config)?;
-    if !config.freeze.enabled {
-        bail!("freezing is disabled in the configuration (freeze.enabled: false)");
+    if let Some(why) = config.why_no_freeze() {
+        bail!("freezing is disabled in the configuration ({why})");
     }
     config.hooks.clear();
     let exe = PathBuf::from("/proc/self/exe");

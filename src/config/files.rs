@@ -55,6 +55,16 @@ pub trait Inspect {
     fn lstat(&self, path: &Path) -> io::Result<Stat>;
     /// `readlink(2)`.
     fn read_link(&self, path: &Path) -> io::Result<PathBuf>;
+    /// The names in a directory (without `.` and `..`), in no particular order.
+    fn read_dir(&self, path: &Path) -> io::Result<Vec<OsString>>;
+    /// A file's bytes.
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
+}
+
+/// `stat(2)`: what `path` leads to after its symlinks (`None`: nothing, a dangling link, a
+/// loop), with no trust rule applied.
+pub fn follow(fs: &dyn Inspect, path: &Path) -> Option<Stat> {
+    resolve(fs, path, false, &mut Vec::new()).map(|(_, st)| st)
 }
 
 /// The real file system.
@@ -86,6 +96,16 @@ impl Inspect for Real {
 
     fn read_link(&self, path: &Path) -> io::Result<PathBuf> {
         std::fs::read_link(path)
+    }
+
+    fn read_dir(&self, path: &Path) -> io::Result<Vec<OsString>> {
+        std::fs::read_dir(path)?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect()
+    }
+
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+        std::fs::read(path)
     }
 }
 
@@ -138,6 +158,15 @@ pub enum Problem {
     },
     TooShort {
         len: u64,
+    },
+    /// A file Azure wants private (its script config, its scripts) with bits for group or
+    /// others.
+    NotPrivate {
+        mode: u32,
+    },
+    /// Azure's script config with an execute bit.
+    ConfigExecutable {
+        mode: u32,
     },
 }
 
@@ -202,6 +231,12 @@ impl Problem {
             Problem::Shared { mode } => format!(
                 "{file} gives permissions to group or others (mode {mode:04o}): chmod 0600 {r}"
             ),
+            Problem::NotPrivate { mode } => format!(
+                "{file} gives permissions to group or others (mode {mode:04o}), which Azure's VMSnapshotLinux refuses too: chmod go= {r}"
+            ),
+            Problem::ConfigExecutable { mode } => format!(
+                "{file} is executable (mode {mode:04o}), which Azure's VMSnapshotLinux refuses for its script config: chmod 0600 {r}"
+            ),
             Problem::TooShort { len } => format!(
                 "{file} holds {len} bytes, fewer than {MIN_KEY_LEN}: use a key of at least {MIN_KEY_LEN} random bytes"
             ),
@@ -236,6 +271,44 @@ pub fn check_command(fs: &dyn Inspect, path: &Path) -> Checked {
         }
         if st.mode & 0o022 != 0 {
             problems.push(Problem::Writable { mode: st.mode });
+        }
+    }
+    Checked {
+        real: Some(real),
+        problems,
+    }
+}
+
+/// How an imported file is checked (see [`check_imported`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Imported {
+    /// A script run with `sh` (Azure's): a command's rules without the execute bit, and
+    /// Azure's own rule, no permission for group or others.
+    ShScript,
+    /// Azure's script config: root's, no permission for group or others, not executable.
+    AzureConfig,
+}
+
+/// Checks a file an import names, with the same directory walk as a hook command.
+pub fn check_imported(fs: &dyn Inspect, path: &Path, kind: Imported) -> Checked {
+    let mut problems = Vec::new();
+    let Some((real, st)) = resolve(fs, path, true, &mut problems) else {
+        return Checked {
+            real: None,
+            problems,
+        };
+    };
+    if st.kind != Kind::File {
+        problems.push(Problem::NotRegular { kind: st.kind });
+    } else {
+        if st.uid != 0 {
+            problems.push(Problem::Owner { uid: st.uid });
+        }
+        if st.mode & 0o077 != 0 {
+            problems.push(Problem::NotPrivate { mode: st.mode });
+        }
+        if kind == Imported::AzureConfig && st.mode & 0o100 != 0 {
+            problems.push(Problem::ConfigExecutable { mode: st.mode });
         }
     }
     Checked {
@@ -424,9 +497,12 @@ fn resolve(
 pub mod fake {
     use super::*;
 
-    /// A made-up tree: path → (stat, link target).
+    /// A made-up tree: path → (stat, link target), and the files' contents.
     #[derive(Default)]
-    pub struct Tree(HashMap<PathBuf, (Stat, Option<PathBuf>)>);
+    pub struct Tree(
+        HashMap<PathBuf, (Stat, Option<PathBuf>)>,
+        HashMap<PathBuf, Vec<u8>>,
+    );
 
     impl Tree {
         /// The usual root-owned system tree with a hook in /etc/quiesce/hooks.
@@ -451,6 +527,11 @@ pub mod fake {
         }
         pub fn file(&mut self, p: &str, mode: u32, uid: u32, len: u64) -> &mut Tree {
             self.put(p, Kind::File, mode, uid, len, None)
+        }
+        /// A regular file with these contents.
+        pub fn text(&mut self, p: &str, mode: u32, uid: u32, text: &str) -> &mut Tree {
+            self.1.insert(PathBuf::from(p), text.as_bytes().to_vec());
+            self.file(p, mode, uid, text.len() as u64)
         }
         pub fn link(&mut self, p: &str, target: &str, uid: u32) -> &mut Tree {
             self.put(p, Kind::Symlink, 0o777, uid, 0, Some(target))
@@ -488,6 +569,25 @@ pub mod fake {
                 .get(path)
                 .and_then(|e| e.1.clone())
                 .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))
+        }
+        fn read_dir(&self, path: &Path) -> io::Result<Vec<OsString>> {
+            match super::follow(self, path) {
+                Some(st) if st.kind == Kind::Dir => {}
+                Some(_) => return Err(io::Error::from(io::ErrorKind::NotADirectory)),
+                None => return Err(io::Error::from(io::ErrorKind::NotFound)),
+            }
+            Ok(self
+                .0
+                .keys()
+                .filter(|p| p.parent() == Some(path) && p.as_path() != path)
+                .filter_map(|p| p.file_name().map(|n| n.to_os_string()))
+                .collect())
+        }
+        fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+            self.1
+                .get(path)
+                .cloned()
+                .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))
         }
     }
 }

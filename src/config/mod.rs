@@ -29,6 +29,7 @@
 
 mod files;
 mod fragments;
+pub mod imports;
 mod locate;
 mod validate;
 
@@ -41,6 +42,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use fragments::DROP_IN_DIR;
+pub use imports::{ImportNote, Imports};
 pub use validate::RESERVED_ENV_PREFIX;
 
 use locate::{Source, Step::Key};
@@ -219,9 +221,21 @@ pub struct Hook {
     pub on_failure: OnFailure,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
-    /// The file the hook was read from (the main file or a drop-in).
+    /// The file the hook was read from (the main file or a drop-in), or what it was imported
+    /// from (Azure's script config, qemu-ga's or VMware's script folder).
     #[serde(skip)]
     pub source: PathBuf,
+    /// Runs of the pre command after a failed one (Azure's `preScriptNoOfRetries`); not a YAML
+    /// key (the contract has none): imports only.
+    #[serde(skip)]
+    pub pre_retries: u32,
+    /// The same for the post command (Azure's `postScriptNoOfRetries`).
+    #[serde(skip)]
+    pub post_retries: u32,
+    /// The post command when the freeze did not hold until the host's thaw (thaw reason other
+    /// than `host`, or nothing frozen): VMware's `freezeFail`. `None`: `post` always.
+    #[serde(skip)]
+    pub post_if_freeze_failed: Option<Vec<String>>,
 }
 
 impl Default for Hook {
@@ -235,6 +249,25 @@ impl Default for Hook {
             on_failure: OnFailure::Continue,
             env: BTreeMap::new(),
             source: PathBuf::new(),
+            pre_retries: 0,
+            post_retries: 0,
+            post_if_freeze_failed: None,
+        }
+    }
+}
+
+impl Hook {
+    /// The post command for a snapshot whose thaw reason is `thaw_reason` (`None`: nothing
+    /// was frozen): [`Hook::post_if_freeze_failed`] unless the host's thaw ended the freeze.
+    pub fn post_for(
+        &self,
+        thaw_reason: Option<crate::freezer::protocol::ThawReason>,
+    ) -> Option<&Vec<String>> {
+        match (&self.post_if_freeze_failed, thaw_reason) {
+            (Some(failed), r) if r != Some(crate::freezer::protocol::ThawReason::Host) => {
+                Some(failed)
+            }
+            _ => self.post.as_ref(),
         }
     }
 }
@@ -289,11 +322,20 @@ pub struct Config {
     pub freeze: Freeze,
     pub callbacks: Callbacks,
     pub qga: Qga,
-    /// The hooks of the main file, then those of each drop-in, in order.
+    /// The hooks of the main file, then those of each drop-in, in order; the imported ones
+    /// follow (see [`imports`]).
     pub hooks: Vec<Hook>,
+    /// Hooks written for other agents, run where they lie.
+    pub imports: Imports,
     /// Where the settings were read from.
     #[serde(skip)]
     pub origin: Origin,
+    /// What each import found, or why it imported nothing (for check-config).
+    #[serde(skip)]
+    pub imported: Vec<ImportNote>,
+    /// Why freezing is off although `freeze.enabled` is true (Azure's `fsFreezeEnabled: false`).
+    #[serde(skip)]
+    pub freeze_off_by: Option<String>,
 }
 
 impl Default for Config {
@@ -306,7 +348,10 @@ impl Default for Config {
             callbacks: Callbacks::default(),
             qga: Qga::default(),
             hooks: Vec::new(),
+            imports: Imports::default(),
             origin: Origin::default(),
+            imported: Vec::new(),
+            freeze_off_by: None,
         }
     }
 }
@@ -466,6 +511,7 @@ impl Config {
         let mut errors = validate::settings(&config, &src);
         errors.extend(validate::qga(&config, &src));
         errors.extend(validate::hooks(&at));
+        errors.extend(imports::section(&config, &src));
         finish(&mut config, &src, true);
         if errors.is_empty() {
             Ok(config)
@@ -486,6 +532,21 @@ impl Config {
         self.qga
             .freeze_timeout
             .unwrap_or(QGA_FREEZE_TIMEOUT.min(self.freeze.max_timeout))
+    }
+
+    /// Whether snapshots freeze: `freeze.enabled`, unless an import turned freezing off
+    /// ([`Config::freeze_off_by`] says which).
+    pub fn freezes(&self) -> bool {
+        self.freeze.enabled && self.freeze_off_by.is_none()
+    }
+
+    /// Why snapshots do not freeze, when they do not.
+    pub fn why_no_freeze(&self) -> Option<String> {
+        if !self.freeze.enabled {
+            Some("freeze.enabled is false".into())
+        } else {
+            self.freeze_off_by.clone()
+        }
     }
 
     /// The selection rules of the freeze section.
@@ -607,6 +668,16 @@ fn load_with(
         if options.check_key_file {
             errors.extend(validate::key_file(c, fs));
         }
+        let found = imports::load(c, src, fs);
+        errors.extend(found.errors);
+        for f in found.files {
+            if !order.contains(&f) {
+                order.push(f);
+            }
+        }
+        c.hooks.extend(found.hooks);
+        c.imported = found.notes;
+        c.freeze_off_by = found.freeze_off_by;
     }
 
     sort(&mut errors, &order);

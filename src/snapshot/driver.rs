@@ -20,7 +20,8 @@ struct RunningHook {
     hook: usize,
     phase: Phase,
     cancel: watch::Sender<bool>,
-    handle: JoinHandle<HookOutcome>,
+    /// Every run of the hook (more than one when it is retried).
+    handle: JoinHandle<Vec<HookOutcome>>,
 }
 
 /// Where the driver publishes what it sees.
@@ -171,8 +172,13 @@ impl Driver {
     fn start_hook(&mut self, hook: usize, phase: Phase, thaw_reason: Option<ThawReason>) {
         let h = &self.ctx.config.hooks[hook];
         let spec = super::hook_spec(h, &self.prepared.request.id, phase, thaw_reason);
+        let retries = match phase {
+            Phase::Pre => h.pre_retries,
+            Phase::Post => h.post_retries,
+        };
         let (cancel, rx) = watch::channel(false);
-        let run = self.ports.hooks.run(spec, rx);
+        let ports = self.ports.clone();
+        let run = async move { super::run_attempts(&ports, spec, retries, rx).await };
         // A span of its own (QUIESCE_HOOK, QUIESCE_PHASE), inside the snapshot's.
         let span = tracing::info_span!("hook", hook = %h.name, phase = %phase);
         let handle = tokio::spawn(run.instrument(span));
@@ -184,12 +190,14 @@ impl Driver {
         });
     }
 
-    fn hook_done(&mut self, (hook, phase, outcome): (usize, Phase, HookOutcome)) {
-        let ok = outcome.succeeded();
+    fn hook_done(&mut self, (hook, phase, runs): (usize, Phase, Vec<HookOutcome>)) {
+        let ok = runs.last().is_some_and(HookOutcome::succeeded);
         let name = &self.ctx.config.hooks[hook].name;
-        self.snap
-            .hooks
-            .push(super::hook_report(name, phase, &outcome));
+        for outcome in &runs {
+            self.snap
+                .hooks
+                .push(super::hook_report(name, phase, outcome));
+        }
         self.feed(match phase {
             Phase::Pre => Event::PreHookFinished { hook, ok },
             Phase::Post => Event::PostHookFinished { hook, ok },
@@ -281,12 +289,14 @@ impl Driver {
     }
 }
 
-async fn wait_hook(running: &mut Option<RunningHook>) -> (usize, Phase, HookOutcome) {
+async fn wait_hook(running: &mut Option<RunningHook>) -> (usize, Phase, Vec<HookOutcome>) {
     match running {
         Some(r) => {
-            let outcome = (&mut r.handle).await.unwrap_or_else(|e| HookOutcome {
-                error: Some(format!("the hook task failed: {e}")),
-                ..Default::default()
+            let outcome = (&mut r.handle).await.unwrap_or_else(|e| {
+                vec![HookOutcome {
+                    error: Some(format!("the hook task failed: {e}")),
+                    ..Default::default()
+                }]
             });
             let done = running.take().expect("running hook");
             (done.hook, done.phase, outcome)

@@ -510,7 +510,7 @@ impl Lifecycle {
         } else {
             self.warnings.push(Problem::new(
                 Reason::FreezeDisabled,
-                "freezing is disabled (freeze.enabled: false): crash-consistent at best",
+                "freezing is disabled (freeze.enabled: false, or an imported Azure config's fsFreezeEnabled: false): crash-consistent at best",
             ));
             self.become_frozen(0, 0, actions);
         }

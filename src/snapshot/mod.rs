@@ -202,7 +202,7 @@ fn hook_spec(
 ) -> HookSpec {
     let argv = match phase {
         Phase::Pre => h.pre.clone(),
-        Phase::Post => h.post.clone(),
+        Phase::Post => h.post_for(thaw_reason).cloned(),
     }
     .unwrap_or_default();
     let mut spec = HookSpec::new(&h.name, phase, argv, h.timeout);
@@ -211,6 +211,35 @@ fn hook_spec(
     spec.vars =
         crate::hooks::quiesce_vars(snapshot_id, phase, &h.name, thaw_reason.map(|r| r.as_str()));
     spec
+}
+
+/// Runs `spec`, and again up to `retries` times while it fails (an imported Azure hook's
+/// `preScriptNoOfRetries`); never again once cancelled. Every run's outcome, in order: the
+/// last one is the hook's verdict.
+pub(crate) async fn run_attempts(
+    ports: &Ports,
+    spec: HookSpec,
+    retries: u32,
+    cancel: watch::Receiver<bool>,
+) -> Vec<HookOutcome> {
+    let mut runs = Vec::new();
+    for attempt in 0..=retries {
+        if attempt > 0 {
+            tracing::info!(
+                "hook {} failed: run {} of {}",
+                spec.name,
+                attempt + 1,
+                retries + 1
+            );
+        }
+        let outcome = ports.hooks.run(spec.clone(), cancel.clone()).await;
+        let stop = outcome.succeeded() || outcome.cancelled || *cancel.borrow();
+        runs.push(outcome);
+        if stop {
+            break;
+        }
+    }
+    runs
 }
 
 /// A hook run as the report shows it; a failed run's output ends with a `[quiesce]` line
@@ -263,14 +292,16 @@ pub async fn after_a_lost_driver(ctx: &Context, ports: &Ports, mut last: Snapsho
     for hook in due {
         let h = &hooks[hook];
         let spec = hook_spec(h, &last.id, Phase::Post, reason);
-        let outcome = ports.hooks.run(spec, cancel.clone()).await;
-        if !outcome.succeeded() {
+        let runs = run_attempts(ports, spec, h.post_retries, cancel.clone()).await;
+        if !runs.last().is_some_and(HookOutcome::succeeded) {
             last.warnings.push(lifecycle::Problem {
                 reason: lifecycle::Reason::PostHookFailed,
                 message: format!("post hook {} failed", h.name),
             });
         }
-        last.hooks.push(hook_report(&h.name, Phase::Post, &outcome));
+        for outcome in &runs {
+            last.hooks.push(hook_report(&h.name, Phase::Post, outcome));
+        }
     }
     last
 }
@@ -290,6 +321,6 @@ fn setup(ctx: &Context, requested: Requested) -> Setup {
                 abort_on_failure: h.on_failure == crate::config::OnFailure::Abort,
             })
             .collect(),
-        freeze_enabled: ctx.config.freeze.enabled,
+        freeze_enabled: ctx.config.freezes(),
     }
 }

@@ -37,6 +37,7 @@
 
 pub mod daemon;
 pub mod freeze_cli;
+pub mod qga;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufReader, BufWriter, Read, Write};
