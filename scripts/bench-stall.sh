@@ -105,6 +105,7 @@ cleanup() {
     [[ -n $D2PID ]] && { kill -TERM "$D2PID"; wait "$D2PID"; }
     # Whatever happened, RCU grace periods are back to normal (it read 0 when we started).
     echo 0 >/sys/kernel/rcu_expedited
+    for m in "$WORK/state" "$WORK/state2"; do mountpoint -q "$m" && umount "$m"; done
     [[ -n $QPID ]] && { kill -TERM "$QPID"; wait "$QPID"; }
     local m img dev
     for m in "${MOUNTS[@]}"; do mountpoint -q "$m" && fsfreeze -u "$m" 2>/dev/null; done
@@ -155,6 +156,13 @@ wait_listening() {
     for _ in $(seq 100); do grep -q "listening on" "$1" && return 0; sleep 0.05; done
     die "the daemon did not start: $(cat "$1")"
 }
+# state_dir on a small tmpfs, as /run/quiesce is in production: the watchdog writes a record
+# there before each FIFREEZE, and on the disk that holds the loop images those writes would wait
+# behind the pre-flush's writeback.
+for d in "$WORK/state" "$WORK/state2"; do
+    mkdir -p "$d"
+    mount -t tmpfs -o size=1m,mode=0700 quiesce-bench-state "$d"
+done
 write_config "$WORK/config.yaml" "$port" "$WORK/state" true
 if [[ ,$FREEZERS, == *,quiesce,* ]]; then
     start_daemon "$WORK/config.yaml" "$WORK/daemon.log"
