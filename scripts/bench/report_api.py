@@ -174,7 +174,7 @@ def main():
               mib(p.get("RssFile_kib")), mib(p.get("Pss_kib")), priv, mib(p.get("VmLck_kib")),
               str(p.get("threads")))
 
-    def both(p):
+    def every_process(p):
         """The daemon and its spare watchdog together: the idle footprint of every process of
         quiesce (Pss and Private add up; the others would count shared pages twice)."""
         if not p or not p.get("spare"):
@@ -186,7 +186,7 @@ def main():
 
     prow("daemon, 1 s after start", p_start)
     prow("spare watchdog, 1 s after start", (p_start or {}).get("spare"))
-    prow("every quiesce process, 1 s after start (daemon + spare; Pss, Private summed)", both(p_start))
+    prow("every quiesce process, 1 s after start (daemon + spare; Pss, Private summed)", every_process(p_start))
     if p_20 and n_cyc != 20:
         prow("daemon, after 20 snapshots", p_20)
     prow(f"daemon, after {n_cyc} snapshots (API cycles)", p_cyc)
@@ -195,7 +195,7 @@ def main():
     if p_idle:
         prow(f"daemon, after {n_all} snapshots and the idle windows", p_idle)
         prow(f"spare watchdog, after {n_all} snapshots and the idle windows", p_idle.get("spare"))
-        prow(f"every quiesce process, after {n_all} snapshots and the idle windows (summed)", both(p_idle))
+        prow(f"every quiesce process, after {n_all} snapshots and the idle windows (summed)", every_process(p_idle))
     wd = [x["child"] for x in probes if x.get("child")]
     for i, w in enumerate(wd):
         prow(f"watchdog while frozen (probe {i + 1})", w)
@@ -299,7 +299,7 @@ def main():
     for label, p in rss:
         if p:
             t.add(f"{label} <= 6 MiB", f"{p['VmRSS_kib'] / MIB:.2f} MiB", yes(p["VmRSS_kib"] <= 6 * MIB))
-    for label, p in (("after start", both(p_start)), ("after the runs and the idle windows", both(p_idle))):
+    for label, p in (("after start", every_process(p_start)), ("after the runs and the idle windows", every_process(p_idle))):
         if p:
             priv = p["Private_Clean_kib"] + p["Private_Dirty_kib"]
             t.add(f"idle footprint of every quiesce process {label}: private <= 2 MiB, PSS <= 8 MiB",

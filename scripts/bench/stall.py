@@ -15,6 +15,9 @@ same run, alternating:
   floor_expedited
             the floor with /sys/kernel/rcu_expedited at 1 around the FIFREEZE calls (set after
             the syncfs, back to 0 as soon as they returned, as quiesce does): the kernel's limit
+  floor_expedited_flush
+            (not run by default) the same with the knob at 1 from before the syncfs: whether
+            expedited grace periods during the pre-flush change anything
 
 Per run and freezer: one appender per mount (scripts/bench/appender.py: 4 KiB records every
 millisecond, fdatasync every 8), 300 ms of steady writing, DIRTY MiB of unsynced data spread
@@ -188,14 +191,18 @@ class Floor:
             raise e
 
     def freeze(self):
-        self.all(["syncfs"])
         if not self.expedite:
+            self.all(["syncfs"])
             self.all([FIFREEZE])
             return
         with open(RCU_EXPEDITED) as f:
             if f.read().strip() != "0":
                 raise RuntimeError(f"{RCU_EXPEDITED} is not 0: someone else set it")
         try:
+            if self.expedite == "all":
+                with open(RCU_EXPEDITED, "w") as f:
+                    f.write("1")
+            self.all(["syncfs"])
             with open(RCU_EXPEDITED, "w") as f:
                 f.write("1")
             self.all([FIFREEZE])
@@ -303,6 +310,8 @@ def main() -> None:
             freezers[n] = Floor(a.mounts)
         elif n == "floor_expedited":
             freezers[n] = Floor(a.mounts, expedite=True)
+        elif n == "floor_expedited_flush":
+            freezers[n] = Floor(a.mounts, expedite="all")
         else:
             raise SystemExit(f"unknown freezer {n}")
     try:
@@ -322,7 +331,7 @@ def main() -> None:
         # Whatever happened: nothing of ours stays frozen.
         for m in a.mounts:
             subprocess.run(["fsfreeze", "-u", m], stderr=subprocess.DEVNULL)
-        if "floor_expedited" in names:
+        if any(n.startswith("floor_expedited") for n in names):
             with open(RCU_EXPEDITED, "w") as f:
                 f.write("0")
 

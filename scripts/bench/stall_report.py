@@ -12,7 +12,8 @@ import json
 import statistics
 import sys
 
-FREEZERS = ["quiesce", "quiesce_normal_rcu", "fsfreeze", "qga", "floor", "floor_expedited"]
+FREEZERS = ["quiesce", "quiesce_normal_rcu", "fsfreeze", "qga", "floor", "floor_expedited",
+            "floor_expedited_flush"]
 # Issue 16's targets: against the expedited floor (<= 1.2x at every dirty size) and qemu-ga with
 # its default settings (<= 0.1x at 0 MiB, <= 0.25x at 256 MiB); the others for information.
 TARGETS = (("floor_expedited", {None: 1.2}), ("qga", {0: 0.1, 256: 0.25}), ("floor", {}),

@@ -437,13 +437,7 @@ pub async fn serve(
     use tower::ServiceExt as _;
     let listener = listener.into();
     let pool = pool::Pool::new();
-    let ticker = tokio::spawn(async {
-        let mut every = tokio::time::interval(Duration::from_secs(2));
-        loop {
-            every.tick().await;
-            refusals::tick();
-        }
-    });
+    let ticker = tokio::spawn(refusals::ticker(Duration::from_secs(2)));
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {

@@ -73,6 +73,12 @@ impl Refusals {
         self.roll(now, now_due)
     }
 
+    /// Whether a summary is still to come: refusals suppressed and not reported yet. Only then
+    /// must [`tick`] be called (an idle daemon wakes for nothing).
+    pub fn pending(&self) -> bool {
+        self.suppressed > 0 || self.held_seen
+    }
+
     fn roll(&mut self, now: Instant, force: bool) -> Option<u64> {
         let start = *self.start.get_or_insert(now);
         if !force && now.duration_since(start) < INTERVAL {
@@ -92,6 +98,9 @@ impl Default for Refusals {
 
 static REFUSALS: Mutex<Refusals> = Mutex::new(Refusals::new());
 
+/// Signalled when a refusal is suppressed: the ticker then has a summary to wait for.
+static SUPPRESSED: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
 fn lock() -> std::sync::MutexGuard<'static, Refusals> {
     REFUSALS.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -99,6 +108,9 @@ fn lock() -> std::sync::MutexGuard<'static, Refusals> {
 /// Logs a refused request, within the limits.
 pub fn log(method: &str, path: &str, peer: &str, reason: &str) {
     let decision = lock().refused(Instant::now(), crate::logging::held());
+    if decision == Decision::Suppress {
+        SUPPRESSED.notify_one();
+    }
     if let Decision::Log { summary } = decision {
         if let Some(n) = summary {
             summary_line(n);
@@ -110,6 +122,19 @@ pub fn log(method: &str, path: &str, peer: &str, reason: &str) {
             "refused: {reason} (at most {LINES_PER_INTERVAL} such lines a minute, the rest are \
              counted)"
         );
+    }
+}
+
+/// Calls [`tick`] every `every` while a summary is pending, and sleeps without a timer
+/// otherwise: an idle daemon is never woken by it. Runs until dropped.
+pub async fn ticker(every: std::time::Duration) {
+    loop {
+        while !lock().pending() {
+            // A refusal suppressed since the check left a permit: no wakeup is lost.
+            SUPPRESSED.notified().await;
+        }
+        tokio::time::sleep(every).await;
+        tick();
     }
 }
 
@@ -159,6 +184,25 @@ mod tests {
             r.refused(t0 + 2 * INTERVAL, false),
             Decision::Log { summary: None }
         );
+    }
+
+    #[test]
+    fn the_ticker_is_needed_only_while_a_summary_is_pending() {
+        let mut r = Refusals::new();
+        let t0 = Instant::now();
+        // Logged ones leave nothing to sum up: an idle daemon needs no timer.
+        for _ in 0..LINES_PER_INTERVAL {
+            r.refused(t0, false);
+        }
+        assert!(!r.pending());
+        r.refused(t0, false);
+        assert!(r.pending());
+        assert_eq!(r.tick(t0 + INTERVAL, false), Some(1));
+        assert!(!r.pending());
+        r.refused(t0 + INTERVAL, true);
+        assert!(r.pending());
+        assert_eq!(r.tick(t0 + INTERVAL, false), Some(1));
+        assert!(!r.pending());
     }
 
     #[test]
