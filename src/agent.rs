@@ -183,10 +183,16 @@ fn valid_request_id(s: &str) -> bool {
 
 impl Agent {
     /// An agent with no snapshot yet, freezing and running hooks for real, with a spare
-    /// watchdog kept ready (see [`Ports::daemon`]; needs a tokio runtime).
+    /// watchdog kept ready once [`Agent::prepare_freezer`] was called (see [`Ports::daemon`]).
     pub fn new(ctx: Context) -> Arc<Agent> {
         let ports = Ports::daemon(&ctx.exe);
         Agent::with_ports(ctx, ports)
+    }
+
+    /// Gets the freezer ready for the next freeze ahead of any request: the daemon's spare
+    /// watchdog (called once the daemon is up, so that its start is not in the start-up time).
+    pub fn prepare_freezer(&self) {
+        self.ports.freezers.prepare();
     }
 
     /// An agent on the given seams (fakes in the in-process tests).

@@ -950,13 +950,20 @@ fn a_spare_watchdog_is_ready_before_the_request_and_replaced_after_the_freeze() 
     let daemon = d.child.id();
     // Started with the daemon, before any request: memory locked, waiting for a plan.
     let spare = the_one_watchdog(daemon);
-    let status = fs::read_to_string(format!("/proc/{spare}/status")).unwrap();
-    assert!(
-        status
+    let locked = || {
+        fs::read_to_string(format!("/proc/{spare}/status"))
+            .unwrap()
             .lines()
-            .any(|l| l.starts_with("VmLck:") && !l.ends_with(" 0 kB")),
-        "the spare has locked no memory:\n{status}"
-    );
+            .any(|l| l.starts_with("VmLck:") && !l.ends_with(" 0 kB"))
+    };
+    let t = std::time::Instant::now();
+    while !locked() {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "the spare has locked no memory"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let (_, snap) = d.call("POST", "/v1/snapshots", Some("{}"));
     let id = snap["id"].as_str().unwrap().to_string();
     let (_, frozen) = d.call(

@@ -109,6 +109,8 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<i32> {
     });
     tracing::info!("listening on {local}");
     notify::ready(&status_now(&agent, &local));
+    // After READY=1: the spare watchdog's start is not part of the start-up time.
+    agent.prepare_freezer();
 
     tokio::spawn(follow_status(agent.clone()));
     if let Some(every) = notify::watchdog_interval() {

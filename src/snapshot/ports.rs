@@ -54,6 +54,9 @@ pub trait Freezers: Send + Sync {
     ) -> Result<Discovery, PlanError>;
     /// The freezer of one snapshot.
     fn freezer(&self, plan: FreezePlan) -> Box<dyn Freezer>;
+    /// Gets ready for the next freeze ahead of any request (the daemon calls it once started;
+    /// needs a tokio runtime). Nothing to do by default.
+    fn prepare(&self) {}
 }
 
 /// What a snapshot's freeze is to do.
@@ -122,10 +125,9 @@ impl Ports {
     }
 
     /// The daemon's: [`Ports::real`] with a spare watchdog kept ready before each request
-    /// (started here, and again after each freeze; needs a tokio runtime).
+    /// (started by [`Freezers::prepare`], and again after each freeze).
     pub fn daemon(exe: &Path) -> Ports {
         let standby = Arc::new(Standby::new(exe));
-        standby.fill();
         Ports {
             freezers: Arc::new(Watchdogs {
                 exe: exe.to_path_buf(),
@@ -166,6 +168,12 @@ impl Freezers for Watchdogs {
         requested: Option<&[PathBuf]>,
     ) -> Result<Discovery, PlanError> {
         freezer::discover(rules, requested)
+    }
+
+    fn prepare(&self) {
+        if let Some(standby) = &self.standby {
+            standby.fill();
+        }
     }
 
     fn freezer(&self, plan: FreezePlan) -> Box<dyn Freezer> {
