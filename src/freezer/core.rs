@@ -13,9 +13,10 @@
 //! - mounts freeze in parallel, except that a mount waits until every mount stacked above it has
 //!   an outcome;
 //! - one deadline, on the monotonic clock, set when the first FIFREEZE is issued;
-//! - the thaw goes in the exact reverse of the order in which FIFREEZEs returned; a FITHAW that
-//!   does not return within [`THAW_STEP_WAIT`] lets the next one start; a FIFREEZE that returns
-//!   after the thaw began is thawed the moment it returns;
+//! - the thaw starts every FITHAW at once (issued in the reverse of the order in which the
+//!   FIFREEZEs returned), except that a mount waits until every mount beneath it is thawed; a
+//!   FITHAW that does not return within [`THAW_STEP_WAIT`] lets the mounts above it start; a
+//!   FIFREEZE that returns after the thaw began is thawed the moment it returns;
 //! - EBUSY (frozen by someone else) is never thawed and its record goes at once; EOPNOTSUPP is a
 //!   skip; EINVAL from FITHAW means "not frozen any more", a thaw like any other;
 //! - with `expedite_rcu`, RCU grace periods are expedited right before the first FIFREEZE and
@@ -195,12 +196,16 @@ pub struct Core {
     call_started: Vec<Option<Instant>>,
     /// Mounts in the order their FIFREEZE returned successfully (before the thaw began).
     frozen_order: Vec<usize>,
+    /// Frozen mounts waiting for their FITHAW, in the reverse of the freeze order.
     thaw_queue: VecDeque<usize>,
-    thaw_inflight: Option<(usize, Instant)>,
+    /// When each mount's FITHAW was issued (while it is `Thawing`).
+    thaw_started: Vec<Option<Instant>>,
     phase: Phase,
     first_freeze: Option<Instant>,
     deadline: Option<Instant>,
     settled_sent: bool,
+    /// The time of the last input (what [`Core::next_wakeup`] compares with).
+    now: Instant,
     /// [`Effect::ExpediteRcu`] was given and [`Effect::RelaxRcu`] not yet.
     rcu_expedited: bool,
     complete: bool,
@@ -231,11 +236,12 @@ impl Core {
             call_started: vec![None; n],
             frozen_order: Vec::new(),
             thaw_queue: VecDeque::new(),
-            thaw_inflight: None,
+            thaw_started: vec![None; n],
             phase: Phase::Ready,
             first_freeze: None,
             deadline: None,
             settled_sent: false,
+            now: Instant::now(),
             rcu_expedited: false,
             complete: false,
             finished: false,
@@ -262,7 +268,7 @@ impl Core {
             Phase::Freezing => self.deadline,
             _ => None,
         };
-        let step = self.thaw_inflight.map(|(_, t)| t + THAW_STEP_WAIT);
+        let step = self.holding_thaws().map(|(_, t)| t + THAW_STEP_WAIT).min();
         [flush, deadline, step].into_iter().flatten().min()
     }
 
@@ -277,6 +283,7 @@ impl Core {
         if self.finished {
             return Vec::new();
         }
+        self.now = self.now.max(now);
         let n = self.states.len();
         match input {
             Input::Freeze => {
@@ -498,25 +505,47 @@ impl Core {
                 *s = St::Cancelled;
             }
         }
-        // Exact reverse of the freeze order: what lies beneath is thawed before what sits on it.
+        // In the reverse of the freeze order; `pump_thaw` starts each as soon as what lies
+        // beneath it is thawed.
         self.thaw_queue
             .extend(self.frozen_order.iter().rev().copied());
         self.pump_thaw(now);
     }
 
+    /// FITHAWs under way that still hold up the mounts stacked on theirs: issued less than
+    /// [`THAW_STEP_WAIT`] ago (one stuck longer lets the others go on), as (mount, issued at).
+    fn holding_thaws(&self) -> impl Iterator<Item = (usize, Instant)> + '_ {
+        (0..self.states.len()).filter_map(move |i| match (self.states[i], self.thaw_started[i]) {
+            (St::Thawing, Some(t)) if self.now < t + THAW_STEP_WAIT => Some((i, t)),
+            _ => None,
+        })
+    }
+
+    /// Starts the FITHAW of every queued mount whose lower mounts are out of the way: thawed,
+    /// never ours, or thawing for longer than the step wait. Independent mounts thaw at once,
+    /// in parallel; a mount stacked on another waits for that one's thaw (what lies beneath is
+    /// thawed before what sits on it, so that the upper one's thaw can write through it).
     fn pump_thaw(&mut self, now: Instant) {
-        if self.thaw_inflight.is_some() {
-            return;
-        }
+        let mut waiting = VecDeque::new();
         while let Some(i) = self.thaw_queue.pop_front() {
             if self.states[i] != St::Frozen {
                 continue;
             }
+            let blocked = self.plan.beneath[i].iter().any(|&j| {
+                j < self.states.len()
+                    && (self.states[j] == St::Frozen
+                        || (self.states[j] == St::Thawing
+                            && self.thaw_started[j].is_some_and(|t| now < t + THAW_STEP_WAIT)))
+            });
+            if blocked {
+                waiting.push_back(i);
+                continue;
+            }
             self.states[i] = St::Thawing;
+            self.thaw_started[i] = Some(now);
             self.out.push(Effect::Thaw(i));
-            self.thaw_inflight = Some((i, now));
-            return;
         }
+        self.thaw_queue = waiting;
     }
 
     fn thaw_returned(&mut self, i: usize, result: Result<(), Errno>, now: Instant) {
@@ -546,9 +575,7 @@ impl Core {
                 });
             }
         }
-        if self.thaw_inflight.is_some_and(|(j, _)| j == i) {
-            self.thaw_inflight = None;
-        }
+        self.thaw_started[i] = None;
         self.pump_thaw(now);
     }
 
@@ -566,12 +593,10 @@ impl Core {
             self.emit(Event::DeadlineReached { unix_ms: 0 });
             self.begin_thaw(ThawCause::Reason(ThawReason::Deadline), now);
         }
-        if let Some((_, started)) = self.thaw_inflight {
-            if now >= started + THAW_STEP_WAIT {
-                // That FITHAW is stuck; its answer will still be handled when it comes.
-                self.thaw_inflight = None;
-                self.pump_thaw(now);
-            }
+        if !self.thaw_queue.is_empty() {
+            // A FITHAW stuck past the step wait lets the mounts stacked on it go on; its
+            // answer will still be handled when it comes.
+            self.pump_thaw(now);
         }
         self.maybe_complete(now);
     }
@@ -581,7 +606,7 @@ impl Core {
             return;
         };
         if self.complete
-            || self.thaw_inflight.is_some()
+            || self.holding_thaws().next().is_some()
             || !self.thaw_queue.is_empty()
             || self.states.contains(&St::Frozen)
         {
@@ -866,7 +891,7 @@ mod tests {
     }
 
     #[test]
-    fn the_thaw_is_the_reverse_of_the_order_in_which_fifreezes_returned() {
+    fn independent_thaws_are_issued_in_the_reverse_of_the_order_fifreezes_returned() {
         let mut h = Harness::new(plan(3, &[], false));
         h.feed(Input::Freeze);
         h.at(1).froze(2);
@@ -942,9 +967,8 @@ mod tests {
         assert!(h.at(9_999).tick().is_empty());
         let fx = h.at(10_000).tick();
         assert!(events(&fx)[0] == Event::DeadlineReached { unix_ms: 0 });
-        assert_eq!(thaws(&fx), [0], "the last to return first");
-        let fx = h.at(10_001).thawed(0);
-        assert_eq!(thaws(&fx), [1]);
+        assert_eq!(thaws(&fx), [0, 1], "at once, the last to return first");
+        h.at(10_001).thawed(0);
         let fx = h.at(10_002).thawed(1);
         assert_eq!(complete(&fx).unwrap().0, ThawReason::Deadline);
         assert!(exits(&fx));
@@ -1060,11 +1084,11 @@ mod tests {
     }
 
     #[test]
-    fn agent_gone_while_frozen_thaws_everything_in_reverse() {
+    fn agent_gone_while_frozen_thaws_everything() {
         let mut h = Harness::new(plan(2, &[], false));
         h.frozen_all();
-        assert_eq!(thaws(&h.at(100).feed(Input::AgentGone)), [0]);
-        assert_eq!(thaws(&h.at(101).thawed(0)), [1]);
+        assert_eq!(thaws(&h.at(100).feed(Input::AgentGone)), [0, 1]);
+        assert!(thaws(&h.at(101).thawed(0)).is_empty());
         let fx = h.at(102).thawed(1);
         assert!(complete(&fx).is_none());
         assert!(exits(&fx));
@@ -1182,7 +1206,7 @@ mod tests {
         let mut h = Harness::new(plan(2, &[], false));
         h.frozen_all();
         let fx = h.at(10).feed(Input::Thaw(ThawReason::Host));
-        assert_eq!(thaws(&fx), [0]);
+        assert_eq!(thaws(&fx), [0, 1]);
         assert!(h.at(11).feed(Input::Thaw(ThawReason::Abort)).is_empty());
         assert!(h.at(12).feed(Input::Unreadable).is_empty());
         h.at(13).thawed(0);
@@ -1219,22 +1243,46 @@ mod tests {
     }
 
     #[test]
-    fn a_stuck_fithaw_lets_the_next_one_start_after_the_step_wait() {
-        let mut h = Harness::new(plan(3, &[], false));
-        h.frozen_all(); // returned 2, 1, 0 → thaw 0, 1, 2
+    fn a_stuck_fithaw_lets_the_mount_above_start_after_the_step_wait() {
+        // 0 sits on 1, 1 on 2: thawed 2, then 1, then 0; 2's FITHAW gets stuck.
+        let mut h = Harness::new(plan(3, &[(0, 1), (1, 2)], false));
+        h.frozen_all();
         let fx = h.at(1000).feed(Input::Thaw(ThawReason::Host));
-        assert_eq!(thaws(&fx), [0]);
+        assert_eq!(thaws(&fx), [2]);
         assert_eq!(h.core.next_wakeup().map(|t| h.ms(t)), Some(1200));
         assert!(thaws(&h.at(1199).tick()).is_empty());
         assert_eq!(thaws(&h.at(1200).tick()), [1]);
         let fx = h.at(1201).thawed(1);
-        assert_eq!(thaws(&fx), [2]);
-        let fx = h.at(1202).thawed(2);
+        assert_eq!(thaws(&fx), [0]);
+        let fx = h.at(1202).thawed(0);
         let (_, _, pending) = complete(&fx).expect("complete with the stuck one pending");
-        assert_eq!(pending, [0]);
+        assert_eq!(pending, [2]);
         assert!(!exits(&fx));
-        let fx = h.at(5000).thawed(0);
+        let fx = h.at(5000).thawed(2);
         assert!(complete(&fx).is_none());
+        assert!(exits(&fx));
+    }
+
+    #[test]
+    fn independent_mounts_thaw_at_once_and_a_stacked_one_after_the_one_beneath() {
+        // 0 sits on 1; 2 stands alone.
+        let mut h = Harness::new(plan(3, &[(0, 1)], false));
+        h.frozen_all();
+        let fx = h.at(10).feed(Input::Thaw(ThawReason::Host));
+        let mut first = thaws(&fx);
+        first.sort_unstable();
+        assert_eq!(
+            first,
+            [1, 2],
+            "the lower one and the independent one together"
+        );
+        assert!(
+            thaws(&h.at(11).thawed(2)).is_empty(),
+            "0 waits for 1, not for 2"
+        );
+        assert_eq!(thaws(&h.at(12).thawed(1)), [0]);
+        let fx = h.at(13).thawed(0);
+        assert_eq!(complete(&fx).unwrap().0, ThawReason::Host);
         assert!(exits(&fx));
     }
 
@@ -1256,7 +1304,7 @@ mod tests {
     fn a_failed_fithaw_is_reported_and_its_record_kept() {
         let mut h = Harness::new(plan(2, &[], false));
         h.frozen_all();
-        h.at(10).feed(Input::Thaw(ThawReason::Host));
+        assert_eq!(thaws(&h.at(10).feed(Input::Thaw(ThawReason::Host))), [0, 1]);
         let fx = h.at(11).feed(Input::ThawReturned {
             mount: 0,
             result: Err(Errno::EIO),
@@ -1270,7 +1318,7 @@ mod tests {
                 error: format!("FITHAW: {}", Errno::EIO.desc()),
             }
         );
-        assert_eq!(thaws(&fx), [1]);
+        assert!(thaws(&fx).is_empty());
         assert!(exits(&h.at(12).thawed(1)));
     }
 
@@ -1294,15 +1342,19 @@ mod tests {
     }
 
     #[test]
-    fn a_fifreeze_returning_during_a_thaw_jumps_the_queue() {
+    fn a_fifreeze_returning_during_a_thaw_is_thawed_at_once() {
         let mut h = Harness::new(plan(3, &[], false));
         h.feed(Input::Freeze);
         h.at(1).froze(0);
         h.at(2).froze(1);
-        assert_eq!(thaws(&h.at(3).feed(Input::Thaw(ThawReason::Host))), [1]);
-        assert!(thaws(&h.at(4).froze(2)).is_empty(), "one FITHAW at a time");
-        assert_eq!(thaws(&h.at(5).thawed(1)), [2], "the late one first");
-        assert_eq!(thaws(&h.at(6).thawed(2)), [0]);
+        assert_eq!(thaws(&h.at(3).feed(Input::Thaw(ThawReason::Host))), [1, 0]);
+        assert_eq!(
+            thaws(&h.at(4).froze(2)),
+            [2],
+            "the late one, without waiting"
+        );
+        h.at(5).thawed(1);
+        h.at(6).thawed(2);
         assert!(exits(&h.at(7).thawed(0)));
     }
 

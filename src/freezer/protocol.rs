@@ -35,7 +35,8 @@ pub struct PlanMount {
 /// Everything the watchdog needs, sent once as the first line.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Plan {
-    /// Freeze order; thaw is its exact reverse.
+    /// Freeze order; the thaw follows the stack in reverse (`beneath` first), independent
+    /// mounts at once.
     pub mounts: Vec<PlanMount>,
     /// Thaw by itself this long after the first FIFREEZE call started.
     pub timeout_ms: u64,
@@ -126,7 +127,7 @@ impl ThawReason {
 pub enum Command {
     /// Flush, then freeze every mount in order.
     Freeze,
-    /// Thaw everything frozen (at once, in reverse order) and end.
+    /// Thaw everything frozen (at once, a stacked mount after the one beneath it) and end.
     Thaw { reason: ThawReason },
 }
 
