@@ -22,8 +22,12 @@
 # Every timed freeze starts after 0.2 s of idleness (docs/BENCHMARKS.md: RCU).
 # Prints a table on stdout; with --markdown FILE also writes it as a markdown section.
 #
-# Safety: it freezes nothing but the loop mounts it created (never /, /work or /tmp), changes no
-# sysctl; its EXIT trap stops the daemon it started (by pid), thaws (fsfreeze -u), unmounts and
+# Each round also runs the fsfreeze script with /sys/kernel/rcu_expedited at 1 around it (c'),
+# the fair comparison with quiesce, which expedites RCU during its FIFREEZE calls.
+#
+# Safety: it freezes nothing but the loop mounts it created (never /, /work or /tmp); of the
+# sysctls it touches only /sys/kernel/rcu_expedited (global: it refuses to start unless it reads
+# 0, and puts it back to 0 after each use and on exit); its EXIT trap stops the daemon it started (by pid), thaws (fsfreeze -u), unmounts and
 # detaches only its own loop devices and removes its temporary files. Needs root. Installs
 # nothing but xfsprogs when mkfs.xfs is missing (apt-get install -y; --no-install to skip).
 #
@@ -75,6 +79,7 @@ if [[ -n $KEEP ]]; then
 fi
 
 [[ $EUID -eq 0 ]] || die "must run as root (it creates loop devices and freezes them): sudo $0"
+[[ $(cat /sys/kernel/rcu_expedited) == 0 ]] || die "/sys/kernel/rcu_expedited is 1: someone set it; the comparison needs it at 0"
 [[ -x $QUIESCE ]] || die "no quiesce binary at $QUIESCE: run 'cargo build --release' first (or --quiesce PATH)"
 QUIESCE=$(realpath -- "$QUIESCE")
 for c in losetup mkfs.ext4 mount umount findmnt fsfreeze python3 sync; do
@@ -125,6 +130,7 @@ cleanup() {
     trap - EXIT INT TERM
     # 1. the daemon (its watchdog thaws by itself when the daemon is gone)
     stop_daemon
+    echo 0 >/sys/kernel/rcu_expedited
     # 2. thaw (ours only; harmless when not frozen)
     local m
     for m in "${MOUNTS[@]}"; do mountpoint -q "$m" && fsfreeze -u "$m" 2>/dev/null; done

@@ -93,6 +93,10 @@ def main():
     stat_row(t, "    API client: thaw's 200 .. wait=done answer", [x.get("done_after_thaw_ms") for x in api])
     stat_row(t, "(c) fsfreeze script: window, first -f .. last -u (bash)", [x["window_ms"] for x in ff])
     stat_row(t, "    fsfreeze script: whole `bash -c` (shell start-up included)", [x["whole_ms"] for x in ff])
+    ffx = [x for x in cyc if x["kind"] == "fsfreeze_expedited" and "window_ms" in x]
+    if ffx:
+        stat_row(t, "(c') fsfreeze script, rcu_expedited=1 around it: window", [x["window_ms"] for x in ffx])
+        stat_row(t, "    the same, whole `bash -c`", [x["whole_ms"] for x in ffx])
     stat_row(t, "(d) quiesce snapshot --exec true: agent's frozen_ms", [s.get("frozen_ms") for s in cli_snaps])
     stat_row(t, "    quiesce snapshot --exec true: command wall time", [x["wall_ms"] for x in cli])
     o.t(t)
@@ -287,6 +291,11 @@ def main():
               yes(q_frozen <= f_window))
         t.add("API whole cycle no slower than the fsfreeze script (medians, client side)",
               f"{q_whole:.1f} ms vs {f_whole:.1f} ms", yes(q_whole <= f_whole))
+        ffx_whole = [x["whole_ms"] for x in cyc if x["kind"] == "fsfreeze_expedited" and "whole_ms" in x]
+        if ffx_whole:
+            fx = med(ffx_whole)
+            t.add("API whole cycle <= 1.0x the fsfreeze script with rcu_expedited=1 (medians, client side)",
+                  f"{q_whole:.1f} ms vs {fx:.1f} ms ({q_whole / fx:.2f}x)", yes(q_whole <= fx))
     if thaw:
         tt = [x for x in thaw if x is not None]
         t.add("thaw answered within 2 ms of the request",
