@@ -467,20 +467,6 @@ fn hmac_signed_requests_pass_and_forged_stale_or_replayed_ones_get_401() {
     assert_eq!(signed_call(&d.addr, "DELETE", &path, "", &del).0, 200);
 }
 
-/// A snapshot of the scene's mount, frozen; returns its id.
-fn frozen_snapshot(d: &Daemon, body: &str) -> String {
-    let (code, snap) = d.call("POST", "/v1/snapshots", Some(body));
-    assert_eq!(code, 202, "{snap}");
-    let id = snap["id"].as_str().unwrap().to_string();
-    let (_, frozen) = d.call(
-        "GET",
-        &format!("/v1/snapshots/{id}?wait=frozen&timeout_ms=20000"),
-        None,
-    );
-    assert_eq!(frozen["state"], "frozen", "{frozen}");
-    id
-}
-
 /// The log lines of a daemon once it has exited.
 fn stop_and_log(d: &mut Daemon) -> String {
     d.signal("TERM");
@@ -526,7 +512,7 @@ fn hostile_clients_cannot_delay_a_signed_thaw() {
     let s = scene("60s", "[]");
     let mut d = Daemon::start(&s.config);
     let key = config_key(&s.config).unwrap();
-    let id = frozen_snapshot(&d, r#"{"freeze_timeout_ms":60000}"#);
+    let id = d.frozen_snapshot(r#"{"freeze_timeout_ms":60000}"#);
     let stop = Arc::new(AtomicBool::new(false));
     // The hostile threads stop when the test ends, even by a failed assertion.
     struct StopOnDrop(Arc<AtomicBool>);
@@ -632,7 +618,7 @@ fn refused_requests_during_a_freeze_do_not_push_out_the_agents_records() {
     require_root();
     let s = scene("30s", "[]");
     let mut d = Daemon::start(&s.config);
-    let id = frozen_snapshot(&d, r#"{"freeze_timeout_ms":4000}"#);
+    let id = d.frozen_snapshot(r#"{"freeze_timeout_ms":4000}"#);
     // 2200 refused requests, each with a long path, while frozen.
     let long = format!("/v1/snapshots/{}", "a".repeat(3000));
     for i in 0..2200 {
@@ -964,26 +950,10 @@ fn a_spare_watchdog_is_ready_before_the_request_and_replaced_after_the_freeze() 
         );
         std::thread::sleep(Duration::from_millis(10));
     }
-    let (_, snap) = d.call("POST", "/v1/snapshots", Some("{}"));
-    let id = snap["id"].as_str().unwrap().to_string();
-    let (_, frozen) = d.call(
-        "GET",
-        &format!("/v1/snapshots/{id}?wait=frozen&timeout_ms=20000"),
-        None,
-    );
-    assert_eq!(frozen["state"], "frozen", "{frozen}");
+    let id = d.frozen_snapshot("{}");
     // The freeze is held by that very process, and no other was started for it.
     assert_eq!(watchdogs_of(daemon), vec![spare]);
-    d.call(
-        "POST",
-        &format!("/v1/snapshots/{id}/thaw"),
-        Some(r#"{"storage_snapshot": "taken"}"#),
-    );
-    d.call(
-        "GET",
-        &format!("/v1/snapshots/{id}?wait=done&timeout_ms=20000"),
-        None,
-    );
+    d.thaw_until_done(&id);
     // Once the snapshot ended, the used one is gone and a new spare waits.
     let t = std::time::Instant::now();
     let next = loop {

@@ -91,27 +91,9 @@ fn counted(d: &Daemon, rcu: &str, want: f64) {
 
 /// One snapshot through the API: created, frozen, then thawed by the host; the ended Snapshot.
 fn one_snapshot(d: &Daemon, while_frozen: impl FnOnce()) -> serde_json::Value {
-    let (status, snap) = d.call("POST", "/v1/snapshots", Some("{}"));
-    assert_eq!(status, 202, "{snap}");
-    let id = snap["id"].as_str().unwrap().to_string();
-    let (_, frozen) = d.call(
-        "GET",
-        &format!("/v1/snapshots/{id}?wait=frozen&timeout_ms=20000"),
-        None,
-    );
-    assert_eq!(frozen["state"], "frozen", "{frozen}");
+    let id = d.frozen_snapshot("{}");
     while_frozen();
-    let (status, _) = d.call(
-        "POST",
-        &format!("/v1/snapshots/{id}/thaw"),
-        Some(r#"{"storage_snapshot": "taken"}"#),
-    );
-    assert_eq!(status, 200);
-    let (_, done) = d.call(
-        "GET",
-        &format!("/v1/snapshots/{id}?wait=done&timeout_ms=20000"),
-        None,
-    );
+    let done = d.thaw_until_done(&id);
     assert_eq!(done["state"], "succeeded", "{done}");
     done
 }

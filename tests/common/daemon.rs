@@ -157,6 +157,36 @@ impl Daemon {
         super::run("kill", &[&format!("-{sig}"), &self.child.id().to_string()]);
     }
 
+    /// `POST /v1/snapshots` with `body`, then waits until it is frozen; returns its id.
+    pub fn frozen_snapshot(&self, body: &str) -> String {
+        let (code, snap) = self.call("POST", "/v1/snapshots", Some(body));
+        assert_eq!(code, 202, "{snap}");
+        let id = snap["id"].as_str().unwrap().to_string();
+        let (_, frozen) = self.call(
+            "GET",
+            &format!("/v1/snapshots/{id}?wait=frozen&timeout_ms=20000"),
+            None,
+        );
+        assert_eq!(frozen["state"], "frozen", "{frozen}");
+        id
+    }
+
+    /// The host's thaw (`storage_snapshot: taken`), then waits for the end; the ended Snapshot.
+    pub fn thaw_until_done(&self, id: &str) -> Value {
+        let (code, thawed) = self.call(
+            "POST",
+            &format!("/v1/snapshots/{id}/thaw"),
+            Some(r#"{"storage_snapshot": "taken"}"#),
+        );
+        assert_eq!(code, 200, "{thawed}");
+        let (_, done) = self.call(
+            "GET",
+            &format!("/v1/snapshots/{id}?wait=done&timeout_ms=20000"),
+            None,
+        );
+        done
+    }
+
     /// One request (Connection: close), signed with the daemon's key when its config has
     /// `auth.mode: hmac` (the key file is read at each call: a test may change it); returns
     /// the status and the JSON body (a string when the body is not JSON, e.g. metrics).

@@ -182,6 +182,37 @@ impl Ctx<'_> {
         }
     }
 
+    /// A script of a folder import, as `(hook name, command)`: named `AGENT:FILE` and checked
+    /// like a YAML hook's command. `None` (with the errors in `found`) when its name cannot be
+    /// a hook's or the file is not safe to run.
+    fn folder_script(
+        &self,
+        found: &mut Found,
+        agent: &str,
+        dir: &Path,
+        raw: &[u8],
+        path: &Path,
+    ) -> Option<(String, String)> {
+        let file = match name_of(raw) {
+            Ok(n) => n,
+            Err(e) => {
+                found
+                    .errors
+                    .push(self.error(format!("{}: {e}", dir.display())));
+                return None;
+            }
+        };
+        let name = format!("{agent}:{file}");
+        let problems = self.check_command(&format!("{name} ({})", path.display()), path);
+        if !problems.is_empty() {
+            found
+                .errors
+                .extend(problems.into_iter().map(|m| self.error(m)));
+            return None;
+        }
+        Some((name, path.to_string_lossy().into_owned()))
+    }
+
     /// The problems of a script the import runs directly, each a message naming `label`.
     fn check_command(&self, label: &str, path: &Path) -> Vec<String> {
         let checked = files::check_command(self.fs, path);

@@ -20,7 +20,7 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-use super::{list_dir, name_of, Ctx, Found};
+use super::{list_dir, Ctx, Found};
 use crate::config::files::{self, Kind};
 use crate::config::{Hook, OnFailure};
 
@@ -104,24 +104,9 @@ pub(super) fn import(ctx: &Ctx<'_>, dir: &Path, legacy_dir: &Path, found: &mut F
                 continue;
             }
         }
-        let file = match name_of(&raw) {
-            Ok(n) => n,
-            Err(e) => {
-                found
-                    .errors
-                    .push(ctx.error(format!("{}: {e}", dir.display())));
-                continue;
-            }
-        };
-        let name = format!("vmware:{file}");
-        let problems = ctx.check_command(&format!("{name} ({})", path.display()), &path);
-        if !problems.is_empty() {
-            found
-                .errors
-                .extend(problems.into_iter().map(|m| ctx.error(m)));
+        let Some((name, cmd)) = ctx.folder_script(found, "vmware", dir, &raw, &path) else {
             continue;
-        }
-        let cmd = path.to_string_lossy().into_owned();
+        };
         hooks.push(Hook {
             name,
             pre: Some(vec![cmd.clone(), "freeze".into()]),
