@@ -539,16 +539,33 @@ pub fn reached_frozen(s: &Snapshot) -> bool {
     !matches!(s.state, State::PreHooks | State::Freezing)
 }
 
+/// An agent on the fakes of the freezer and the hook runner, over the targets /data and /logs,
+/// configured by `yaml` (in-process tests of the agent and its front doors; no root).
+#[cfg(test)]
+pub(crate) fn on_fakes(
+    yaml: &str,
+) -> (
+    Arc<Agent>,
+    Arc<crate::snapshot::fakes::FakeHooks>,
+    Arc<crate::snapshot::fakes::FakeFreezers>,
+) {
+    use crate::snapshot::fakes;
+    let hooks = Arc::new(fakes::FakeHooks::default());
+    let freezers = fakes::FakeFreezers::new(&["/data", "/logs"]);
+    let agent = Agent::with_ports(fakes::context(yaml), fakes::ports(&hooks, &freezers));
+    (agent, hooks, freezers)
+}
+
 /// The registry in-process, on the fakes of the freezer and the hook runner (no root).
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::snapshot::fakes::{self, FakeFreezers, FakeHooks};
+    use crate::snapshot::fakes::{FakeFreezers, FakeHooks};
 
     fn agent(hooks_yaml: &str) -> (Arc<Agent>, Arc<FakeHooks>, Arc<FakeFreezers>) {
-        fakes::agent(&format!("hooks: {hooks_yaml}\n"))
+        on_fakes(&format!("hooks: {hooks_yaml}\n"))
     }
 
     fn body(request_id: Option<&str>) -> CreateBody {

@@ -409,7 +409,15 @@ pub fn thaw_recorded(state_dir: &Path) -> io::Result<Vec<Recovery>> {
     }
     // After the mounts: a FIFREEZE is never slower than with RCU expedited.
     if records.rcu_recorded()? {
-        out.push(super::rcu::recover(&super::rcu::Knobs::system(), &records));
+        out.push(match super::rcu::restore(&super::rcu::Knobs::system()) {
+            Ok(was_on) => match records.remove_rcu() {
+                Ok(()) => Recovery::RcuRelaxed { was_on },
+                Err(e) => Recovery::RcuFailed {
+                    error: format!("removing its record: {e}"),
+                },
+            },
+            Err(error) => Recovery::RcuFailed { error },
+        });
     }
     Ok(out)
 }
@@ -464,6 +472,31 @@ mod tests {
             identity: FsIdentity { st_dev: 1, fsid: 2 },
             beneath: vec![],
         }
+    }
+
+    #[test]
+    fn the_rcu_record_is_ours_only_when_we_wrote_it_and_is_no_mount_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let records = Records::new(dir.path());
+        records.ensure_dir().unwrap();
+        assert!(!records.rcu_recorded().unwrap());
+        records.write_rcu(7, 1).unwrap();
+        assert!(records.rcu_recorded().unwrap());
+        assert!(records.list().unwrap().is_empty(), "not a mount's record");
+        records.remove_rcu().unwrap();
+        assert!(!records.rcu_recorded().unwrap());
+        records.remove_rcu().unwrap();
+        // A file someone else planted there (group-readable) is not a record of ours: recovery
+        // never touches the knob for it.
+        let planted = dir.path().join("frozen").join(RCU_RECORD);
+        std::fs::write(&planted, "{}").unwrap();
+        std::fs::set_permissions(
+            &planted,
+            std::os::unix::fs::PermissionsExt::from_mode(0o644),
+        )
+        .unwrap();
+        assert!(!records.rcu_recorded().unwrap());
+        assert!(thaw_recorded(dir.path()).unwrap().is_empty());
     }
 
     #[test]

@@ -4,7 +4,6 @@
 //! ioctls, and this side only reads and writes pipes.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, UNIX_EPOCH};
 
 use serde::Serialize;
@@ -17,7 +16,7 @@ use super::protocol::{
     escaped_path, Command, Event, FailKind, Plan, Rcu, SetupProblem, ThawReason,
 };
 use super::recovery;
-use super::standby::Standby;
+use super::standby::{spawn_watchdog, Standby};
 use crate::logging::{self, ids, FrozenHold};
 
 /// How long the watchdog may take to open the mounts and lock its memory.
@@ -183,25 +182,6 @@ pub struct FreezeSession {
     log_hold: Option<FrozenHold>,
 }
 
-/// Starts a watchdog process (`exe watchdog`): it locks its memory and waits for a plan on
-/// stdin (and exits when stdin closes before one came).
-pub fn spawn_watchdog(exe: &Path) -> Result<Child, SessionError> {
-    tokio::process::Command::new(exe)
-        .arg("watchdog")
-        // One malloc arena: each thread's own arena would reserve 64 MiB of address space.
-        .env("MALLOC_ARENA_MAX", "1")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        // The watchdog must outlive us if we die: that is its whole point.
-        .kill_on_drop(false)
-        .spawn()
-        .map_err(|source| SessionError::Spawn {
-            exe: exe.to_path_buf(),
-            source,
-        })
-}
-
 impl FreezeSession {
     /// Takes the spare watchdog of `standby` (or starts one from `exe` when there is none),
     /// hands it the plan and waits until it is ready.
@@ -219,7 +199,11 @@ impl FreezeSession {
                 other => return other,
             }
         }
-        FreezeSession::start_on(spawn_watchdog(exe)?, plan).await
+        let child = spawn_watchdog(exe).map_err(|source| SessionError::Spawn {
+            exe: exe.to_path_buf(),
+            source,
+        })?;
+        FreezeSession::start_on(child, plan).await
     }
 
     /// Hands the plan to a started watchdog and waits until it is ready.

@@ -10,11 +10,25 @@
 //! `quiesce freeze` (one freeze, then exit) keeps no spare and starts its watchdog on demand.
 
 use std::path::{Path, PathBuf};
+use std::process::Stdio;
 use std::sync::{Mutex, PoisonError};
 
 use tokio::process::Child;
 
-use super::session::spawn_watchdog;
+/// Starts a watchdog process (`exe watchdog`): it locks its memory and waits for a plan on
+/// stdin (and exits when stdin closes before one came). Needs a tokio runtime.
+pub fn spawn_watchdog(exe: &Path) -> std::io::Result<Child> {
+    tokio::process::Command::new(exe)
+        .arg("watchdog")
+        // One malloc arena: each thread's own arena would reserve 64 MiB of address space.
+        .env("MALLOC_ARENA_MAX", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // The watchdog must outlive us if we die: that is its whole point.
+        .kill_on_drop(false)
+        .spawn()
+}
 
 /// The daemon's spare watchdog.
 #[derive(Debug)]

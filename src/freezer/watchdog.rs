@@ -200,7 +200,7 @@ struct EmergencyThaw {
 impl Drop for EmergencyThaw {
     fn drop(&mut self) {
         if self.rcu.swap(false, Ordering::SeqCst) {
-            let _ = rcu::relax(&Knobs::system(), &self.records);
+            let _ = rcu::relax(&Knobs::system(), || self.records.remove_rcu());
         }
         for (fd, flag) in self.fds.iter().zip(self.frozen.iter()).rev() {
             if flag.swap(false, Ordering::SeqCst) {
@@ -347,18 +347,22 @@ impl Shell {
                     let _ = self.records.remove(self.plan.mounts[i].dev);
                 }
                 Effect::ExpediteRcu => {
+                    let records = &self.records;
                     let (rcu, error) = rcu::expedite(
                         &Knobs::system(),
-                        &self.records,
-                        std::process::id(),
-                        crate::duration::unix_ms_now(),
+                        || records.write_rcu(std::process::id(), crate::duration::unix_ms_now()),
+                        || {
+                            let _ = records.remove_rcu();
+                        },
                     );
                     self.rcu_set.store(rcu == Rcu::Expedited, Ordering::SeqCst);
                     self.emit(Event::RcuExpedite { rcu, error });
                 }
                 Effect::RelaxRcu => {
                     if self.rcu_set.swap(false, Ordering::SeqCst) {
-                        if let Err(error) = rcu::relax(&Knobs::system(), &self.records) {
+                        if let Err(error) =
+                            rcu::relax(&Knobs::system(), || self.records.remove_rcu())
+                        {
                             self.emit(Event::RcuRelaxFailed { error });
                         }
                     }

@@ -425,7 +425,7 @@ mod tests {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, DuplexStream};
 
     use super::*;
-    use crate::snapshot::fakes::{self, FakeFreezers, FakeHooks};
+    use crate::snapshot::fakes::{FakeFreezers, FakeHooks};
 
     struct Scene {
         agent: Arc<Agent>,
@@ -435,7 +435,7 @@ mod tests {
     }
 
     fn scene(extra_yaml: &str) -> Scene {
-        let (agent, hooks, freezers) = fakes::agent(&format!(
+        let (agent, hooks, freezers) = crate::agent::on_fakes(&format!(
             "qga: {{enabled: true, path: unix:/run/q.sock}}\n{extra_yaml}"
         ));
         let (host, guest) = tokio::io::duplex(1 << 20);

@@ -398,11 +398,3 @@ pub fn context(yaml: &str) -> super::Context {
         callback_key: None,
     }
 }
-
-/// An agent on the fakes, over the targets /data and /logs.
-pub fn agent(yaml: &str) -> (Arc<crate::agent::Agent>, Arc<FakeHooks>, Arc<FakeFreezers>) {
-    let hooks = Arc::new(FakeHooks::default());
-    let freezers = FakeFreezers::new(&["/data", "/logs"]);
-    let agent = crate::agent::Agent::with_ports(context(yaml), ports(&hooks, &freezers));
-    (agent, hooks, freezers)
-}
