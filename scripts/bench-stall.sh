@@ -28,6 +28,9 @@
 #                                    [--freezers quiesce,quiesce_normal_rcu,fsfreeze,qga,floor,floor_expedited]
 #                                    [--quiesce PATH] [--markdown FILE] [--keep FILE]
 #                                    [--charts DIR | --no-charts] [--no-install]
+#                                    [--rcu-expedited-throughout]
+# --rcu-expedited-throughout keeps /sys/kernel/rcu_expedited at 1 for the whole run (every
+# freezer, the writers, the dirtying), as the measurement of issue 16 had it; back to 0 at exit.
 set -euo pipefail
 export LC_ALL=C
 
@@ -45,6 +48,7 @@ IMG_MIB=1024
 MARKDOWN=""
 KEEP=""
 INSTALL=1
+THROUGHOUT=0
 CHARTS=$(realpath -m -- bench-stall-charts)
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
@@ -64,6 +68,7 @@ while (($#)); do
         --charts) CHARTS=$(realpath -m -- "${2:?}"); shift 2 ;;
         --no-charts) CHARTS=""; shift ;;
         --no-install) INSTALL=0; shift ;;
+        --rcu-expedited-throughout) THROUGHOUT=1; shift ;;
         -h|--help) usage; exit 0 ;;
         *) usage >&2; exit 2 ;;
     esac
@@ -185,6 +190,10 @@ if [[ $FREEZERS == *qga* ]]; then
 fi
 
 RAW="$WORK/raw.jsonl"
+if ((THROUGHOUT)); then
+    say "/sys/kernel/rcu_expedited at 1 for the whole run"
+    echo 1 >/sys/kernel/rcu_expedited
+fi
 : >"$WORK/table.md"
 for k in $K_LIST; do
     for d in $DIRTY; do
