@@ -268,7 +268,7 @@ impl Core {
             Phase::Freezing => self.deadline,
             _ => None,
         };
-        let step = self.holding_thaws().map(|(_, t)| t + THAW_STEP_WAIT).min();
+        let step = self.holding_thaws().map(|t| t + THAW_STEP_WAIT).min();
         [flush, deadline, step].into_iter().flatten().min()
     }
 
@@ -512,13 +512,18 @@ impl Core {
         self.pump_thaw(now);
     }
 
-    /// FITHAWs under way that still hold up the mounts stacked on theirs: issued less than
-    /// [`THAW_STEP_WAIT`] ago (one stuck longer lets the others go on), as (mount, issued at).
-    fn holding_thaws(&self) -> impl Iterator<Item = (usize, Instant)> + '_ {
-        (0..self.states.len()).filter_map(move |i| match (self.states[i], self.thaw_started[i]) {
-            (St::Thawing, Some(t)) if self.now < t + THAW_STEP_WAIT => Some((i, t)),
+    /// When the FITHAW of mount `i` was issued, if it is under way and still holds up the mounts
+    /// stacked on it: issued less than [`THAW_STEP_WAIT`] ago (one stuck longer lets them go on).
+    fn holding_thaw(&self, i: usize) -> Option<Instant> {
+        match (self.states.get(i), self.thaw_started.get(i)) {
+            (Some(St::Thawing), Some(&Some(t))) if self.now < t + THAW_STEP_WAIT => Some(t),
             _ => None,
-        })
+        }
+    }
+
+    /// The issue times of every FITHAW that still holds (see [`Core::holding_thaw`]).
+    fn holding_thaws(&self) -> impl Iterator<Item = Instant> + '_ {
+        (0..self.states.len()).filter_map(|i| self.holding_thaw(i))
     }
 
     /// Starts the FITHAW of every queued mount whose lower mounts are out of the way: thawed,
@@ -532,10 +537,7 @@ impl Core {
                 continue;
             }
             let blocked = self.plan.beneath[i].iter().any(|&j| {
-                j < self.states.len()
-                    && (self.states[j] == St::Frozen
-                        || (self.states[j] == St::Thawing
-                            && self.thaw_started[j].is_some_and(|t| now < t + THAW_STEP_WAIT)))
+                self.states.get(j) == Some(&St::Frozen) || self.holding_thaw(j).is_some()
             });
             if blocked {
                 waiting.push_back(i);

@@ -73,13 +73,4 @@ impl Standby {
             .take()?;
         matches!(child.try_wait(), Ok(None)).then_some(child)
     }
-
-    /// The spare's process id, if there is one (for tests and the footprint benchmark).
-    pub fn pid(&self) -> Option<u32> {
-        self.spare
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_ref()
-            .and_then(Child::id)
-    }
 }
